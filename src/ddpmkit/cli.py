@@ -1,0 +1,267 @@
+"""The ``ddpm`` command: a thin layer that parses arguments and calls the library.
+
+User mistakes end with one line on stderr and exit code 2; Ctrl-C ends with exit code 130 after
+the training checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ddpmkit import __version__
+from ddpmkit.errors import DdpmkitError
+
+EXAMPLES = """examples:
+  ddpm train                                   # digits, about 10 minutes on a laptop CPU
+  ddpm train --data ./my_images --out runs/faces data.image_size=32 data.channels=3 \\
+             model.in_channels=3 train.steps=20000
+  ddpm train --config configs/cifar10_ddpm.toml --data ./cifar10/train
+  ddpm train --resume runs/digits train.steps=8000   # continue, with more steps
+  ddpm sample runs/digits --n 64 --sampler ddim --steps 50 --gif denoise.gif
+  ddpm forward photo.jpg --schedule linear,cosine --out forward.png
+"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddpm",
+        description="Denoising diffusion probabilistic models: train, sample, look.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="train a model (default: the built-in digits, ~10 min on a CPU)",
+        description=(
+            "Train a DDPM. The run directory receives config.json, model/ema/optimizer "
+            "safetensors, metrics.jsonl and samples/; it is all that `ddpm sample` and "
+            "`ddpm train --resume` need. Settings come from the defaults (the digits recipe), "
+            "then --config, then KEY=VALUE overrides such as train.steps=2000, "
+            "model.channel_mults=1,2,2 or diffusion.schedule=cosine (a bare key works where "
+            "it is unique: steps=2000 is ambiguous, lr=1e-3 is not)."
+        ),
+    )
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    train.add_argument("--config", metavar="FILE.toml", help="a config file (see configs/)")
+    train.add_argument(
+        "--data",
+        metavar="digits|PATH",
+        help="data source: 'digits' (built in), an image folder, or a .npz of uint8 NHWC images",
+    )
+    train.add_argument(
+        "--out",
+        metavar="RUN_DIR",
+        help="run directory to create (default: runs/<data>-<date>-<time>)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint, with its saved config "
+        "(overrides still apply, e.g. train.steps=8000 to train longer)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    samp = sub.add_parser(
+        "sample",
+        help="draw images from a trained run",
+        description="Sample from the EMA weights of a run directory and write a grid PNG, "
+        "optionally a denoising GIF and an .npz of uint8 NHWC images (key arr_0).",
+    )
+    samp.add_argument("run_dir", metavar="RUN_DIR")
+    samp.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    samp.add_argument("--sampler", default="ddpm", help="ddpm (ancestral) or ddim (default ddpm)")
+    samp.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps (default: all T for ddpm, 50 for ddim); ddpm with fewer steps "
+        "uses the respaced process",
+    )
+    samp.add_argument(
+        "--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 ~ DDPM"
+    )
+    samp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    samp.add_argument("--batch", type=int, default=256, help="images per batch (default 256)")
+    samp.add_argument("--out", metavar="GRID.png", help="grid path (default RUN_DIR/samples/...)")
+    samp.add_argument("--gif", metavar="FILE.gif", help="also write a GIF of the denoising")
+    samp.add_argument("--npz", metavar="FILE.npz", help="also write the images as uint8 NHWC")
+    samp.add_argument(
+        "--weights",
+        default="ema",
+        choices=["ema", "model"],
+        help="which weights to use (default ema)",
+    )
+    samp.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 to [-1, 1]")
+    samp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    samp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    fwd = sub.add_parser(
+        "forward",
+        help="picture of the forward (noising) process on one image",
+        description="Noise one image at evenly spaced t with q(x_t|x_0) and write one row per "
+        "schedule.",
+    )
+    fwd.add_argument("image", metavar="IMAGE")
+    fwd.add_argument(
+        "--schedule",
+        default="linear",
+        help="schedule name or comma-separated names (default linear)",
+    )
+    fwd.add_argument("--steps", type=int, default=1000, help="T (default 1000)")
+    fwd.add_argument("--num", type=int, default=8, help="columns: noise levels shown (default 8)")
+    fwd.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
+    fwd.add_argument("--gray", action="store_true", help="convert the image to grayscale")
+    fwd.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    fwd.add_argument(
+        "--out", default="forward.png", metavar="FILE.png", help="output path (default forward.png)"
+    )
+    return parser
+
+
+def _positive(value: int, name: str) -> None:
+    if value < 1:
+        raise DdpmkitError(f"{name} must be >= 1, got {value}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ddpmkit.checkpoint import load_config_dict
+    from ddpmkit.config import resolve_config
+    from ddpmkit.training import Trainer
+
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.append(f"data.source={args.data}")
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise DdpmkitError("--resume continues RUN_DIR in place: drop --out")
+        run_dir = Path(args.resume)
+        config = resolve_config(args.config, overrides, base=load_config_dict(run_dir))
+    else:
+        config = resolve_config(args.config, overrides)
+        if args.out:
+            run_dir = Path(args.out)
+        else:
+            name = Path(config.data.source).stem or "run"
+            run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if trainer.is_main:
+        print(f"data:  {trainer.dataset_description}")
+        print(f"model: {trainer.model.describe()}")
+        print(f"run:   {run_dir} (device {trainer.device}, {config.train.steps} steps)")
+    result = trainer.train()
+    if trainer.is_main:
+        print(
+            f"done: step {result.step}, loss {result.final_loss:.4f}, "
+            f"{result.elapsed_s / 60:.1f} min of training"
+        )
+        if result.grid_path is not None:
+            print(f"samples: {result.grid_path}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from ddpmkit.generate import SampleRequest, generate, load_run, write_outputs
+
+    _positive(args.n, "--n")
+    _positive(args.batch, "--batch")
+    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    request = SampleRequest(
+        n=args.n,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        clip_x0=not args.no_clip,
+        seed=args.seed,
+        batch_size=args.batch,
+        gif_frames=50 if args.gif else 0,
+    )
+    data = run.config.data
+    started = time.perf_counter()
+    result = generate(
+        run.model,
+        run.diffusion,
+        (data.channels, data.image_size, data.image_size),
+        request,
+        run.device,
+        progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - started
+    grid = args.out
+    if grid is None:
+        steps = args.steps if args.steps is not None else "all"
+        grid = Path(args.run_dir) / "samples" / f"sample-{args.sampler}{steps}-seed{args.seed}.png"
+    written = write_outputs(
+        result,
+        grid=Path(grid),
+        gif=Path(args.gif) if args.gif else None,
+        npz=Path(args.npz) if args.npz else None,
+    )
+    print(f"{args.n} images in {seconds:.1f} s ({args.n / seconds:.1f} img/s) from step {run.step}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_forward(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddpmkit.data import load_image
+    from ddpmkit.diffusion import GaussianDiffusion, spaced_timesteps
+    from ddpmkit.schedules import make_schedule
+    from ddpmkit.viz import save_grid
+
+    _positive(args.num, "--num")
+    _positive(args.size, "--size")
+    x0 = load_image(args.image, size=args.size, channels=1 if args.gray else 3).unsqueeze(0)
+    names = [n.strip() for n in args.schedule.split(",") if n.strip()]
+    timesteps = spaced_timesteps(args.steps, min(args.num, args.steps))
+    rows = []
+    for name in names:
+        diffusion = GaussianDiffusion(make_schedule(name, args.steps))
+        gen = torch.Generator().manual_seed(args.seed)
+        noise = torch.randn(x0.shape, generator=gen).expand(len(timesteps), *x0.shape[1:])
+        t = torch.tensor(timesteps)
+        rows.append(diffusion.q_sample(x0.expand_as(noise), t, noise))
+    path = save_grid(torch.cat(rows), args.out, nrow=len(timesteps))
+    print(f"t = {', '.join(str(t + 1) for t in timesteps)} (rows: {', '.join(names)})")
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "sample": _cmd_sample, "forward": _cmd_forward}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except DdpmkitError as err:
+        print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ddpm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # training interruption carries its own message
+        from ddpmkit.training import TrainingInterrupted
+
+        if isinstance(err, TrainingInterrupted):
+            print(
+                f"ddpm train: {err}; continue with `ddpm train --resume {err.run_dir}`",
+                file=sys.stderr,
+            )
+            return 130
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

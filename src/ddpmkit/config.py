@@ -1,0 +1,304 @@
+"""One config object describes a run: data, model, diffusion, training and sampling.
+
+Configs come from TOML files (``configs/*.toml``), from ``section.key=value`` overrides on the
+command line (a bare ``key=value`` works where the key names one field only), and from the
+``config.json`` saved in every run directory. Every value is checked against its field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddpmkit.data import DataConfig
+from ddpmkit.diffusion import DiffusionConfig
+from ddpmkit.errors import ConfigError
+from ddpmkit.nn.unet import UNetConfig
+from ddpmkit.samplers import SAMPLERS
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop (Ho et al. 2020, Appendix B, for the paper's values)."""
+
+    steps: int = 4000
+    batch_size: int = 128
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"  # after warm-up: "constant" (Ho et al.) or cosine decay to 0
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split among them)
+    ema_decay: float = 0.995
+    ema_warmup: bool = True  # decay_k = min(decay, (1 + k)/(10 + k)) so early averages forget fast
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
+    amp: bool = False  # bfloat16 autocast on CUDA
+    log_every: int = 50
+    sample_every: int = 1000  # 0: only at the end
+    checkpoint_every: int = 1000  # 0: only at the end
+
+    def validate(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown train.lr_schedule '{self.lr_schedule}': choose one of "
+                + ", ".join(LR_SCHEDULES)
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must lie in [0, 1)")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum "
+                f"({self.grad_accum})"
+            )
+
+
+@dataclass
+class SampleConfig:
+    """The sample grids written during and after training."""
+
+    num_samples: int = 64
+    sampler: str = "ddpm"
+    steps: int | None = None  # None: every step for ddpm, 50 for ddim
+    eta: float = 0.0
+    clip_x0: bool = True
+
+    def validate(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(
+                f"unknown sample.sampler '{self.sampler}': choose one of {', '.join(SAMPLERS)}"
+            )
+        if self.num_samples < 1:
+            raise ConfigError("sample.num_samples must be >= 1")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError("sample.steps must be >= 1 (or none for the sampler's default)")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> None:
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        if self.model.in_channels != self.data.channels:
+            raise ConfigError(
+                f"model.in_channels ({self.model.in_channels}) must equal data.channels "
+                f"({self.data.channels})"
+            )
+        multiple = 2 ** (len(self.model.channel_mults) - 1)
+        if self.data.image_size % multiple:
+            raise ConfigError(
+                f"data.image_size {self.data.image_size} does not fit a U-Net with "
+                f"{len(self.model.channel_mults)} levels: it must be a multiple of {multiple}"
+            )
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {
+            section: {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(getattr(self, section)).items()
+            }
+            for section in SECTIONS
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": UNetConfig,
+    "diffusion": DiffusionConfig,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+}
+
+
+# ---------------------------------------------------------------------- type coercion
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
+    """``value`` converted to the annotated type ``tp`` or a ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if type(None) in options and (
+            value is None or (from_text and str(value).lower() in ("none", "null", ""))
+        ):
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(value, inner[0], where, from_text)
+    if origin is tuple:
+        item_type = typing.get_args(tp)[0]
+        if from_text and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(v, item_type, where, from_text) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and str(value).lower() in ("true", "yes", "1", "on"):
+            return True
+        if from_text and str(value).lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text:
+            try:
+                return int(str(value).replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_text:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    raise AssertionError(f"unsupported config type {_type_name(tp)} at {where}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build_section(name: str, values: dict[str, Any], from_text: bool = False) -> Any:
+    cls = SECTIONS[name]
+    types_by_field = _field_types(cls)
+    init_fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in init_fields:
+            raise ConfigError(
+                f"unknown key '{name}.{key}': valid keys are {', '.join(sorted(init_fields))}"
+            )
+        kwargs[key] = _coerce(value, types_by_field[key], f"{name}.{key}", from_text)
+    return cls(**kwargs)
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """A validated RunConfig from nested sections (missing keys keep their defaults)."""
+    unknown = set(d) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"unknown config section '{sorted(unknown)[0]}': valid sections are "
+            + ", ".join(SECTIONS)
+        )
+    sections = {}
+    for name in SECTIONS:
+        values = d.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{name}' must be a table of key = value pairs")
+        sections[name] = _build_section(name, values)
+    config = RunConfig(**sections)
+    config.validate()
+    return config
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The nested dict of a TOML or JSON config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot parse config file '{path}': {err}") from None
+
+
+def _resolve_key(key: str) -> tuple[str, str]:
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"unknown config section '{section}' in '{key}': valid sections are "
+                + ", ".join(SECTIONS)
+            )
+        names = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        if name not in names:
+            raise ConfigError(
+                f"unknown key '{key}': valid keys of [{section}] are {', '.join(sorted(names))}"
+            )
+        return section, name
+    matches = [s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+    if not matches:
+        raise ConfigError(f"unknown config key '{key}' (write section.key, e.g. train.steps=100)")
+    if len(matches) > 1:
+        raise ConfigError(
+            f"config key '{key}' is ambiguous: write one of "
+            + ", ".join(f"{s}.{key}" for s in matches)
+        )
+    return matches[0], key
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``d`` with ``section.key=value`` (or unique ``key=value``) strings applied; values are
+    parsed as text for the field's type (lists comma-separated: ``model.channel_mults=1,2,2``)."""
+    result = {k: dict(v) for k, v in d.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.steps=100)")
+        key, value = item.split("=", 1)
+        section, name = _resolve_key(key.strip())
+        tp = _field_types(SECTIONS[section])[name]
+        result.setdefault(section, {})[name] = _coerce(value.strip(), tp, f"{section}.{name}", True)
+    return result
+
+
+def resolve_config(
+    file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults ← ``base`` (e.g. a saved run) ← config file ← overrides, validated."""
+    d: dict[str, Any] = base if base is not None else {}
+    if file is not None:
+        loaded = load_config_file(file)
+        d = {**d, **{k: {**d.get(k, {}), **v} for k, v in loaded.items() if isinstance(v, dict)}}
+        d.update({k: v for k, v in loaded.items() if not isinstance(v, dict)})
+    d = apply_overrides(d, overrides or [])
+    return config_from_dict(d)

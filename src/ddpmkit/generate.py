@@ -1,0 +1,146 @@
+"""From a run directory to images: load the model, sample in batches, write grid / GIF / npz."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ddpmkit.checkpoint import load_run_config, load_weights, require_run_dir
+from ddpmkit.config import RunConfig
+from ddpmkit.diffusion import GaussianDiffusion
+from ddpmkit.errors import ConfigError
+from ddpmkit.fileio import atomic_write_bytes
+from ddpmkit.nn import UNet
+from ddpmkit.samplers import SamplerStep, sample
+from ddpmkit.viz import save_gif, save_grid, to_uint8
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but this machine has no CUDA GPU")
+    return device
+
+
+@dataclass
+class LoadedRun:
+    config: RunConfig
+    model: UNet
+    diffusion: GaussianDiffusion
+    step: int | None
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto") -> LoadedRun:
+    """Rebuild the model and diffusion of a run directory, with its ``ema`` or ``model`` weights."""
+    if weights not in ("ema", "model"):
+        raise ConfigError(f"weights must be 'ema' or 'model', got '{weights}'")
+    run_dir = require_run_dir(run_dir)
+    config = load_run_config(run_dir)
+    torch_device = resolve_device(device)
+    model = UNet(config.model)
+    step = load_weights(run_dir, model, weights)
+    model.to(torch_device).eval()
+    diffusion = GaussianDiffusion.from_config(config.diffusion)
+    return LoadedRun(config, model, diffusion, step, torch_device)
+
+
+@dataclass
+class SampleRequest:
+    n: int = 64
+    sampler: str = "ddpm"
+    steps: int | None = None
+    eta: float = 0.0
+    clip_x0: bool = True
+    seed: int = 0
+    batch_size: int = 256
+    gif_frames: int = 0  # > 0: record this many evenly spaced frames of the first batch
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # (n, C, H, W) in [-1, 1], on the CPU
+    frames: list[torch.Tensor]  # x_t of the first batch at evenly spaced steps (+ the final x_0)
+
+
+def generate(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    diffusion: GaussianDiffusion,
+    image_shape: tuple[int, int, int],
+    request: SampleRequest,
+    device: torch.device,
+    progress: bool = True,
+) -> SampleResult:
+    """Draw ``request.n`` images in batches; batch k uses the seed ``request.seed + k``, so the
+    result does not depend on anything but the request."""
+    if request.n < 1 or request.batch_size < 1:
+        raise ConfigError("the number of samples and the batch size must be >= 1")
+    images, frames = [], []
+    batches = range(0, request.n, request.batch_size)
+    bar = tqdm(total=request.n, desc="sampling", unit="img", disable=not progress)
+    for k, start in enumerate(batches):
+        count = min(request.batch_size, request.n - start)
+        generator = torch.Generator(device=device).manual_seed(request.seed + k)
+        callback = None
+        if k == 0 and request.gif_frames > 0:
+
+            def callback(step: SamplerStep) -> None:
+                every = max(1, step.total // request.gif_frames)
+                if (step.total - 1 - step.index) % every == 0 and step.index < step.total - 1:
+                    frames.append(step.x.detach().cpu())
+
+        batch = sample(
+            model,
+            diffusion,
+            (count, *image_shape),
+            sampler=request.sampler,
+            steps=request.steps,
+            eta=request.eta,
+            clip_x0=request.clip_x0,
+            generator=generator,
+            callback=callback,
+            device=device,
+            progress=progress and request.n <= request.batch_size,
+        )
+        images.append(batch.cpu())
+        bar.update(count)
+    bar.close()
+    result = torch.cat(images)
+    if request.gif_frames > 0:
+        frames.append(result[: request.batch_size])
+    return SampleResult(result, frames)
+
+
+def write_outputs(
+    result: SampleResult,
+    grid: Path | None = None,
+    gif: Path | None = None,
+    npz: Path | None = None,
+    nrow: int | None = None,
+) -> list[Path]:
+    """Write the grid PNG, the denoising GIF and the uint8 NHWC ``arr_0`` npz that are asked for."""
+    written = []
+    if grid is not None:
+        written.append(save_grid(result.images, grid, nrow))
+    if gif is not None:
+        written.append(save_gif(result.frames, gif, nrow))
+    if npz is not None:
+        import io
+
+        array = to_uint8(result.images).permute(0, 2, 3, 1).numpy()
+        buffer = io.BytesIO()
+        np.savez(buffer, arr_0=array)
+        atomic_write_bytes(Path(npz), buffer.getvalue())
+        written.append(Path(npz))
+    return written

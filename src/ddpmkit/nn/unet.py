@@ -1,0 +1,369 @@
+"""The U-Net noise predictor ε_θ(x_t, t).
+
+Architecture of Ho et al. (2020, appendix B) in the layout of improved-diffusion (Nichol &
+Dhariwal 2021): conv3x3 in; per resolution level ``blocks_per_resolution`` residual blocks (each
+followed by the level's attention, if any) then a stride-2 downsample except at the last level;
+a middle block-attention-block; an up path mirroring the down path with one extra block per level,
+each block concatenating a skip connection popped from the down path; GN→SiLU→conv3x3 out. The
+residual branches, attention projections and output conv are zero-initialised, so a fresh model
+predicts exactly zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ddpmkit.errors import ConfigError
+from ddpmkit.nn.attention import ATTENTION_KINDS, make_attention
+from ddpmkit.nn.blocks import (
+    TIME_CONDITIONINGS,
+    ConvNextBlock,
+    Downsample,
+    ResBlock,
+    Upsample,
+    zero_module,
+)
+from ddpmkit.nn.embeddings import SinusoidalTimeEmbedding
+
+BLOCK_TYPES = ("resnet", "convnext")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class UNetConfig:
+    """Hyper-parameters of :class:`UNet`; JSON-friendly, rebuilt with ``UNetConfig(**d)``.
+
+    Lists given for tuple fields (as JSON returns them) are converted to tuples, and the config
+    is validated on construction (:meth:`validate` raises :class:`ConfigError`).
+    """
+
+    in_channels: int = 1
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    blocks_per_resolution: int = 2
+    block_type: str = "resnet"
+    attention: tuple[str, ...] = ("none", "none", "full")
+    mid_attention: str = "full"
+    attention_heads: int = 4
+    attention_head_dim: int | None = None
+    dropout: float = 0.0
+    norm_groups: int = 8
+    time_conditioning: str = "scale_shift"
+    convnext_mult: int = 2
+    learned_variance: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("channel_mults", "attention"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, tuple(value))
+        if _is_int(self.dropout):
+            self.dropout = float(self.dropout)
+        self.validate()
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.channel_mults)
+
+    @property
+    def out_channels(self) -> int:
+        """``in_channels``, doubled when the model also predicts the variance interpolation v."""
+        return 2 * self.in_channels if self.learned_variance else self.in_channels
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        return tuple(self.base_channels * m for m in self.channel_mults)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this: ``2 ** (levels - 1)``."""
+        return 2 ** (self.num_levels - 1)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad value."""
+        for name in (
+            "in_channels",
+            "base_channels",
+            "blocks_per_resolution",
+            "attention_heads",
+            "norm_groups",
+            "convnext_mult",
+        ):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"unet.{name} must be an integer >= 1, got {value!r}")
+        mults = self.channel_mults
+        if not isinstance(mults, tuple) or not mults:
+            raise ConfigError(
+                f"unet.channel_mults must be a non-empty list of integers, got {mults!r}"
+            )
+        if not all(_is_int(m) and m >= 1 for m in mults):
+            raise ConfigError(f"unet.channel_mults must hold integers >= 1, got {list(mults)}")
+        if self.block_type not in BLOCK_TYPES:
+            raise ConfigError(
+                f"unet.block_type must be one of {', '.join(BLOCK_TYPES)}, got {self.block_type!r}"
+            )
+        if self.time_conditioning not in TIME_CONDITIONINGS:
+            raise ConfigError(
+                f"unet.time_conditioning must be one of {', '.join(TIME_CONDITIONINGS)}, "
+                f"got {self.time_conditioning!r}"
+            )
+        attn = self.attention
+        if not isinstance(attn, tuple):
+            raise ConfigError(
+                f"unet.attention must be a list with one of {', '.join(ATTENTION_KINDS)} per "
+                f"resolution level, got {attn!r}"
+            )
+        if len(attn) != len(mults):
+            raise ConfigError(
+                f"unet.attention has {len(attn)} entries but unet.channel_mults has "
+                f"{len(mults)} levels; give one of {', '.join(ATTENTION_KINDS)} per level"
+            )
+        for kind in (*attn, self.mid_attention):
+            if kind not in ATTENTION_KINDS:
+                raise ConfigError(
+                    f"unknown attention {kind!r} in unet.attention/unet.mid_attention; "
+                    f"expected one of {', '.join(ATTENTION_KINDS)}"
+                )
+        head_dim = self.attention_head_dim
+        if head_dim is not None and (not _is_int(head_dim) or head_dim < 1):
+            raise ConfigError(
+                f"unet.attention_head_dim must be null or an integer >= 1, got {head_dim!r}"
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, float):
+            raise ConfigError(f"unet.dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"unet.dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.learned_variance, bool):
+            raise ConfigError(
+                f"unet.learned_variance must be true or false, got {self.learned_variance!r}"
+            )
+        channels = self.level_channels
+        bad = sorted({c for c in channels if c % self.norm_groups})
+        if bad:
+            raise ConfigError(
+                f"unet.norm_groups={self.norm_groups} must divide every channel count of the "
+                f"U-Net ({'/'.join(map(str, channels))} from base_channels={self.base_channels} "
+                f"x channel_mults={list(mults)}), but does not divide {bad[0]}"
+            )
+        if head_dim is None:
+            kinds = [*zip(attn, channels, strict=True), (self.mid_attention, channels[-1])]
+            for kind, ch in kinds:
+                if kind != "none" and ch % self.attention_heads:
+                    raise ConfigError(
+                        f"unet.attention_heads={self.attention_heads} must divide the {ch} "
+                        "channels of every level with attention (or set unet.attention_head_dim)"
+                    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON (tuples become lists)."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UNetConfig:
+        """Rebuild from :meth:`to_dict` output, with a :class:`ConfigError` for unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown U-Net setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            )
+        return cls(**d)
+
+
+class _Layer(nn.Module):
+    """One step of the U-Net: optional block (uses the time embedding), attention, resampling."""
+
+    def __init__(
+        self,
+        block: nn.Module | None = None,
+        attn: nn.Module | None = None,
+        resample: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.block = block
+        self.attn = attn
+        self.resample = resample
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.block is not None:
+            h = self.block(h, emb)
+        if self.attn is not None:
+            h = self.attn(h)
+        if self.resample is not None:
+            h = self.resample(h)
+        return h
+
+
+class UNet(nn.Module):
+    """U-Net ε-predictor: ``forward(x (B,C,H,W), t (B,)) -> (B, out_channels, H, W)``."""
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        # A private copy (replace() re-validates), so later edits to ``config`` cannot desync it.
+        config = UNetConfig() if config is None else dataclasses.replace(config)
+        self.config = config
+        base = config.base_channels
+        time_dim = 4 * base
+        self.time_features = SinusoidalTimeEmbedding(base)
+        self.time_embed = nn.Sequential(
+            nn.Linear(base, time_dim),
+            nn.SiLU(),
+            nn.Linear(time_dim, time_dim),
+        )
+
+        def block(cin: int, cout: int) -> nn.Module:
+            if config.block_type == "convnext":
+                return ConvNextBlock(
+                    cin,
+                    cout,
+                    time_dim,
+                    mult=config.convnext_mult,
+                    dropout=config.dropout,
+                    time_conditioning=config.time_conditioning,
+                )
+            return ResBlock(
+                cin,
+                cout,
+                time_dim,
+                norm_groups=config.norm_groups,
+                dropout=config.dropout,
+                time_conditioning=config.time_conditioning,
+            )
+
+        def attention(kind: str, ch: int) -> nn.Module | None:
+            return make_attention(
+                kind,
+                ch,
+                heads=config.attention_heads,
+                head_dim=config.attention_head_dim,
+                norm_groups=config.norm_groups,
+            )
+
+        levels = config.level_channels
+        last = len(levels) - 1
+        ch = levels[0]
+        self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+        skip_channels = [ch]
+        self.down = nn.ModuleList()
+        for level, (out_ch, kind) in enumerate(zip(levels, config.attention, strict=True)):
+            for _ in range(config.blocks_per_resolution):
+                self.down.append(_Layer(block(ch, out_ch), attention(kind, out_ch)))
+                ch = out_ch
+                skip_channels.append(ch)
+            if level != last:
+                self.down.append(_Layer(resample=Downsample(ch)))
+                skip_channels.append(ch)
+
+        self.mid = nn.ModuleList(
+            [
+                _Layer(block(ch, ch), attention(config.mid_attention, ch)),
+                _Layer(block(ch, ch)),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(levels))):
+            out_ch, kind = levels[level], config.attention[level]
+            for i in range(config.blocks_per_resolution + 1):
+                upsample = (
+                    Upsample(out_ch) if level != 0 and i == config.blocks_per_resolution else None
+                )
+                self.up.append(
+                    _Layer(
+                        block(ch + skip_channels.pop(), out_ch),
+                        attention(kind, out_ch),
+                        upsample,
+                    )
+                )
+                ch = out_ch
+        assert not skip_channels
+
+        self.out = nn.Sequential(
+            nn.GroupNorm(config.norm_groups, ch),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1)),
+        )
+
+    def _check_input(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        cfg = self.config
+        if x.ndim != 4:
+            raise ConfigError(
+                f"U-Net input must have shape (batch, channels, height, width), "
+                f"got {tuple(x.shape)}"
+            )
+        b, c, h, w = x.shape
+        if c != cfg.in_channels:
+            raise ConfigError(
+                f"U-Net expects {cfg.in_channels} input channel(s), got {c} "
+                f"(input shape {tuple(x.shape)})"
+            )
+        m = cfg.size_multiple
+        bad = next((s for s in (h, w) if s % m or s < m), None)
+        if bad is not None:
+            lower = bad // m * m
+            examples = [s for s in (lower, lower + m) if s >= m] or [m]
+            if len(examples) == 1:
+                examples.append(examples[0] + m)
+            raise ConfigError(
+                f"input {h}x{w} does not fit a U-Net with {cfg.num_levels} levels: height and "
+                f"width must be multiples of {m} (e.g. {examples[0]}, {examples[1]})"
+            )
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor(t, device=x.device)
+        t = t.to(x.device)
+        if t.ndim == 0 or t.shape == (1,):
+            t = t.reshape(1).expand(b)
+        if t.shape != (b,):
+            raise ConfigError(
+                f"timesteps t must have shape ({b},) to match the batch, got {tuple(t.shape)}"
+            )
+        return t
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """Predict the noise (and, with ``learned_variance``, v) for ``x`` at timesteps ``t``.
+
+        ``t`` has shape (B,); a Python int, a 0-d or a 1-element tensor is broadcast to the batch.
+        """
+        t = self._check_input(x, t)
+        features = self.time_features(t).to(self.time_embed[0].weight.dtype)
+        emb = self.time_embed(features)
+        h = self.conv_in(x)
+        hs = [h]
+        for layer in self.down:
+            h = layer(h, emb)
+            hs.append(h)
+        for layer in self.mid:
+            h = layer(h, emb)
+        for layer in self.up:
+            h = layer(torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h)
+
+    def num_parameters(self) -> int:
+        """Number of parameters (all are trainable)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> str:
+        """One-line summary: size, levels, blocks, attention."""
+        cfg = self.config
+        heads = f"{cfg.attention_heads} head{'s' if cfg.attention_heads > 1 else ''}" + (
+            f" x {cfg.attention_head_dim}" if cfg.attention_head_dim else ""
+        )
+        return (
+            f"U-Net {self.num_parameters() / 1e6:.2f}M params: {cfg.num_levels} levels "
+            f"(channels {'/'.join(map(str, cfg.level_channels))}), "
+            f"{cfg.blocks_per_resolution} {cfg.block_type} blocks/level, "
+            f"attention {'/'.join(cfg.attention)} + mid {cfg.mid_attention} ({heads}), "
+            f"time {cfg.time_conditioning}, {cfg.in_channels}→{cfg.out_channels} channels"
+        )

@@ -1,0 +1,170 @@
+"""Noise schedules β_t and the arrays derived from them.
+
+Everything is computed in float64 and cast once where it is used. Timesteps are 0-based in code:
+index t ∈ {0, …, T−1} stands for the paper's step t+1, so ``betas[0]`` is β_1 of Ho et al. (2020).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ddpmkit.errors import ConfigError
+
+SCHEDULE_NAMES = ("linear", "cosine", "quadratic", "sigmoid")
+
+# Ho et al. (2020), §4: β from 1e-4 to 0.02 over T = 1000 steps.
+_BETA_START = 1e-4
+_BETA_END = 0.02
+_COSINE_OFFSET = 0.008  # s of Nichol & Dhariwal (2021), eq. 17
+_MAX_BETA = 0.999  # clipping of Nichol & Dhariwal (2021), §3.2
+
+
+def _scaled_beta_range(num_steps: int) -> tuple[float, float]:
+    """β range of Ho et al. scaled by 1000/T so that the total noise stays comparable for any T."""
+    scale = 1000.0 / num_steps
+    return scale * _BETA_START, scale * _BETA_END
+
+
+def linear_betas(num_steps: int) -> torch.Tensor:
+    """Linearly increasing β_t (Ho et al. 2020, §4), scaled by 1000/T."""
+    start, end = _scaled_beta_range(num_steps)
+    return torch.linspace(start, end, num_steps, dtype=torch.float64)
+
+
+def quadratic_betas(num_steps: int) -> torch.Tensor:
+    """β_t whose square roots are linear between √β_start and √β_end (annotated diffusion)."""
+    start, end = _scaled_beta_range(num_steps)
+    return torch.linspace(math.sqrt(start), math.sqrt(end), num_steps, dtype=torch.float64) ** 2
+
+
+def sigmoid_betas(num_steps: int) -> torch.Tensor:
+    """β_t following a sigmoid over [−6, 6] between β_start and β_end (annotated diffusion)."""
+    start, end = _scaled_beta_range(num_steps)
+    x = torch.linspace(-6.0, 6.0, num_steps, dtype=torch.float64)
+    return torch.sigmoid(x) * (end - start) + start
+
+
+def cosine_alpha_bar(tau: torch.Tensor, offset: float = _COSINE_OFFSET) -> torch.Tensor:
+    """ᾱ(τ) = f(τ)/f(0) with f(τ) = cos²((τ + s)/(1 + s) · π/2), τ ∈ [0, 1].
+
+    Nichol & Dhariwal (2021), eq. 17.
+    """
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return torch.cos((x + offset) / (1 + offset) * math.pi / 2) ** 2
+
+    return f(tau) / f(torch.zeros((), dtype=tau.dtype))
+
+
+def cosine_betas(num_steps: int) -> torch.Tensor:
+    """β_t = 1 − ᾱ(t/T)/ᾱ((t−1)/T), clipped at 0.999 (Nichol & Dhariwal 2021, §3.2)."""
+    tau = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    alpha_bar = cosine_alpha_bar(tau)
+    return torch.clamp(1 - alpha_bar[1:] / alpha_bar[:-1], max=_MAX_BETA)
+
+
+_BETA_FUNCTIONS = {
+    "linear": linear_betas,
+    "cosine": cosine_betas,
+    "quadratic": quadratic_betas,
+    "sigmoid": sigmoid_betas,
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """β_t and every array the Gaussian diffusion derives from it (float64, shape (T,)).
+
+    Notation of Ho et al. (2020): α_t = 1 − β_t, ᾱ_t = ∏_{s≤t} α_s, and the posterior
+    q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) with (eq. 6–7)
+    μ̃_t = coef1_t · x_0 + coef2_t · x_t,  coef1 = √ᾱ_{t−1} β_t/(1−ᾱ_t),
+    coef2 = √α_t (1−ᾱ_{t−1})/(1−ᾱ_t),  β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) · β_t.
+    """
+
+    name: str
+    betas: torch.Tensor
+
+    def __post_init__(self) -> None:
+        betas = self.betas
+        if betas.ndim != 1 or betas.numel() < 1:
+            raise ConfigError("a schedule needs at least one step (T >= 1)")
+        if betas.dtype != torch.float64:
+            object.__setattr__(self, "betas", betas.to(torch.float64))
+        if not bool(((self.betas > 0) & (self.betas < 1)).all()):
+            bad = self.betas[(self.betas <= 0) | (self.betas >= 1)]
+            raise ConfigError(
+                f"schedule '{self.name}': every beta must lie in (0, 1); found {bad[0].item():.6g}"
+            )
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.betas.numel())
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        return 1.0 - self.betas
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.cumprod(self.alphas, dim=0)
+
+    @property
+    def alphas_cumprod_prev(self) -> torch.Tensor:
+        """ᾱ_{t−1} with ᾱ_0 = 1."""
+        return torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+
+    @property
+    def posterior_variance(self) -> torch.Tensor:
+        """β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (Ho et al., eq. 7); β̃_1 = 0."""
+        return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+
+    @property
+    def posterior_log_variance_clipped(self) -> torch.Tensor:
+        """log β̃_t with the t = 1 entry (which is log 0) replaced by log β̃_2, as the reference
+        implementation of Ho et al. does. With T = 1 there is no β̃_2 and β_1 is used."""
+        var = self.posterior_variance
+        if var.numel() == 1:
+            return torch.log(self.betas)
+        return torch.log(torch.cat([var[1:2], var[1:]]))
+
+    @property
+    def posterior_mean_coef1(self) -> torch.Tensor:
+        return self.betas * torch.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+
+    @property
+    def posterior_mean_coef2(self) -> torch.Tensor:
+        return (
+            (1.0 - self.alphas_cumprod_prev) * torch.sqrt(self.alphas) / (1.0 - self.alphas_cumprod)
+        )
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """Every derived array by name (float64); what the diffusion caches per device/dtype."""
+        ac = self.alphas_cumprod
+        return {
+            "betas": self.betas,
+            "alphas_cumprod": ac,
+            "alphas_cumprod_prev": self.alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": torch.sqrt(ac),
+            "sqrt_one_minus_alphas_cumprod": torch.sqrt(1.0 - ac),
+            "sqrt_recip_alphas_cumprod": torch.sqrt(1.0 / ac),
+            "sqrt_recipm1_alphas_cumprod": torch.sqrt(1.0 / ac - 1.0),
+            "posterior_variance": self.posterior_variance,
+            "posterior_log_variance_clipped": self.posterior_log_variance_clipped,
+            "posterior_mean_coef1": self.posterior_mean_coef1,
+            "posterior_mean_coef2": self.posterior_mean_coef2,
+            "log_betas": torch.log(self.betas),
+        }
+
+
+def make_schedule(name: str, num_steps: int) -> Schedule:
+    """The β schedule ``name`` ∈ {linear, cosine, quadratic, sigmoid} over ``num_steps`` steps."""
+    if name not in _BETA_FUNCTIONS:
+        raise ConfigError(f"unknown schedule '{name}': choose one of {', '.join(SCHEDULE_NAMES)}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ConfigError(
+            f"the number of diffusion steps must be an integer >= 1, got {num_steps!r}"
+        )
+    return Schedule(name=name, betas=_BETA_FUNCTIONS[name](num_steps))

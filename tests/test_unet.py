@@ -1,0 +1,350 @@
+"""Tests of the U-Net noise predictor (ddpmkit.nn)."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from ddpmkit.errors import ConfigError
+from ddpmkit.nn import UNet, UNetConfig
+from ddpmkit.nn.attention import FullAttention, LinearAttention
+from ddpmkit.nn.blocks import ConvNextBlock, ResBlock
+from ddpmkit.nn.embeddings import timestep_embedding
+
+KINDS = ("none", "linear", "full")
+
+
+def small_config(**overrides: object) -> UNetConfig:
+    """A tiny two-level U-Net that runs in milliseconds on 8x8 inputs."""
+    fields: dict[str, object] = dict(
+        base_channels=8,
+        channel_mults=(1, 2),
+        blocks_per_resolution=1,
+        attention=("linear", "full"),
+        mid_attention="full",
+        attention_heads=2,
+        norm_groups=4,
+    )
+    fields.update(overrides)
+    return UNetConfig(**fields)  # type: ignore[arg-type]
+
+
+def randomize_zero_params(model: nn.Module, seed: int = 0) -> None:
+    """Re-initialise every all-zero parameter (zero-init convs, GN biases...) with small noise."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+# --- shapes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("learned_variance", [False, True])
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("block_type", ["resnet", "convnext"])
+def test_output_shape(block_type: str, kind: str, in_channels: int, learned_variance: bool) -> None:
+    cfg = small_config(
+        block_type=block_type,
+        attention=(kind, kind),
+        mid_attention=kind,
+        in_channels=in_channels,
+        learned_variance=learned_variance,
+    )
+    model = UNet(cfg)
+    x = torch.randn(2, in_channels, 8, 8)
+    out = model(x, torch.tensor([0, 999]))
+    expected_channels = in_channels * (2 if learned_variance else 1)
+    assert cfg.out_channels == expected_channels
+    assert out.shape == (2, expected_channels, 8, 8)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("time_conditioning", ["add", "scale_shift"])
+@pytest.mark.parametrize("block_type", ["resnet", "convnext"])
+def test_output_shape_three_levels_non_square(block_type: str, time_conditioning: str) -> None:
+    cfg = small_config(
+        channel_mults=(1, 2, 2),
+        attention=("none", "linear", "full"),
+        block_type=block_type,
+        time_conditioning=time_conditioning,
+        attention_head_dim=3,
+        dropout=0.1,
+    )
+    out = UNet(cfg)(torch.randn(1, 1, 12, 8), 5)
+    assert out.shape == (1, 1, 12, 8)
+
+
+# --- input validation -------------------------------------------------------------------------
+
+
+def test_odd_size_names_valid_sizes() -> None:
+    model = UNet(small_config(channel_mults=(1, 2, 2), attention=("none",) * 3))
+    with pytest.raises(ConfigError) as info:
+        model(torch.randn(1, 1, 30, 30), 0)
+    msg = str(info.value)
+    assert "30x30" in msg and "3 levels" in msg and "multiples of 4" in msg
+    assert "28, 32" in msg
+
+
+@pytest.mark.parametrize("size", [(32, 30), (2, 2), (0, 8)])
+def test_bad_sizes_raise(size: tuple[int, int]) -> None:
+    model = UNet(small_config(channel_mults=(1, 2, 2), attention=("none",) * 3))
+    with pytest.raises(ConfigError, match="multiples of 4"):
+        model(torch.randn(1, 1, *size), 0)
+
+
+def test_single_level_accepts_any_size() -> None:
+    model = UNet(small_config(channel_mults=(1,), attention=("full",)))
+    assert model(torch.randn(1, 1, 5, 7), 3).shape == (1, 1, 5, 7)
+
+
+def test_wrong_channel_count_raises() -> None:
+    model = UNet(small_config(in_channels=3))
+    with pytest.raises(ConfigError, match="3 input channel"):
+        model(torch.randn(1, 1, 8, 8), 0)
+    with pytest.raises(ConfigError, match="batch, channels, height, width"):
+        model(torch.randn(3, 8, 8), 0)
+
+
+def test_timestep_broadcast_and_shape_check() -> None:
+    model = UNet(small_config())
+    randomize_zero_params(model)
+    x = torch.randn(3, 1, 8, 8)
+    ref = model(x, torch.full((3,), 7, dtype=torch.long))
+    for t in (7, torch.tensor(7), torch.tensor([7])):
+        torch.testing.assert_close(model(x, t), ref)
+    with pytest.raises(ConfigError, match=r"shape \(3,\)"):
+        model(x, torch.tensor([1, 2]))
+
+
+def test_runs_in_other_dtypes() -> None:
+    model = UNet(small_config()).to(torch.bfloat16)
+    out = model(torch.randn(2, 1, 8, 8, dtype=torch.bfloat16), torch.tensor([1, 2]))
+    assert out.dtype == torch.bfloat16
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def test_config_json_round_trip_and_state_dict() -> None:
+    cfg = small_config(attention_head_dim=4, learned_variance=True)
+    d = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    assert isinstance(d["channel_mults"], list)
+    rebuilt = UNetConfig(**d)
+    assert rebuilt == cfg
+    assert isinstance(rebuilt.channel_mults, tuple) and isinstance(rebuilt.attention, tuple)
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
+    UNet(rebuilt).load_state_dict(UNet(cfg).state_dict())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (dict(norm_groups=3), "norm_groups=3 must divide"),
+        (dict(attention=("none",)), "1 entries but unet.channel_mults has 2 levels"),
+        (dict(attention=("none", "flash")), "unknown attention 'flash'"),
+        (dict(mid_attention="global"), "unknown attention 'global'"),
+        (dict(attention="full"), "unet.attention must be a list"),
+        (dict(block_type="transformer"), "block_type must be one of resnet, convnext"),
+        (dict(time_conditioning="film"), "time_conditioning must be one of"),
+        (dict(attention_heads=3), "attention_heads=3 must divide"),
+        (dict(attention_head_dim=0), "attention_head_dim"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(dropout="0.1"), "dropout must be a number"),
+        (dict(in_channels=0), "in_channels must be an integer >= 1"),
+        (dict(base_channels=8.0), "base_channels must be an integer"),
+        (dict(blocks_per_resolution=True), "blocks_per_resolution must be an integer"),
+        (dict(channel_mults=()), "channel_mults must be a non-empty list"),
+        (dict(channel_mults=(1, 0)), "channel_mults must hold integers >= 1"),
+        (dict(learned_variance="yes"), "learned_variance must be true or false"),
+    ],
+)
+def test_bad_config_raises(overrides: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        small_config(**overrides)
+
+
+def test_config_accepts_heads_not_dividing_when_head_dim_given() -> None:
+    model = UNet(small_config(attention_heads=3, attention_head_dim=5))
+    assert model(torch.randn(1, 1, 8, 8), 1).shape == (1, 1, 8, 8)
+
+
+def test_model_keeps_its_own_copy_of_the_config() -> None:
+    cfg = small_config()
+    model = UNet(cfg)
+    cfg.base_channels = 16
+    assert model.config.base_channels == 8 and model.config is not cfg
+
+
+def test_from_dict_unknown_key() -> None:
+    with pytest.raises(ConfigError, match="unknown U-Net setting"):
+        UNetConfig.from_dict({"base_chanels": 8})
+
+
+def test_default_config_and_describe() -> None:
+    model = UNet()
+    text = model.describe()
+    assert "\n" not in text
+    assert f"{model.num_parameters() / 1e6:.2f}M params" in text
+    assert "3 levels" in text and "none/none/full" in text and "mid full" in text
+
+
+# --- CIFAR-10 model of Ho et al. (2020) -------------------------------------------------------
+
+
+def test_cifar10_parameter_count_matches_ho_et_al() -> None:
+    cfg = UNetConfig(
+        in_channels=3,
+        base_channels=128,
+        channel_mults=(1, 2, 2, 2),
+        blocks_per_resolution=2,
+        attention=("none", "full", "none", "none"),
+        mid_attention="full",
+        attention_heads=1,
+        dropout=0.1,
+        norm_groups=32,
+        time_conditioning="add",
+    )
+    model = UNet(cfg)
+    # 35.7M in the paper; 35,746,307 in the reference TF implementation / improved-diffusion.
+    assert model.num_parameters() == 35_746_307
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 32), torch.tensor([10]))
+    assert out.shape == (1, 3, 32, 32)
+    assert torch.count_nonzero(out) == 0  # zero-initialised output conv
+
+
+# --- time embedding ---------------------------------------------------------------------------
+
+
+def test_time_embedding_closed_form() -> None:
+    t = torch.tensor([0, 7, 123])
+    emb = timestep_embedding(t, 16)
+    assert emb.shape == (3, 16)
+    half = 8
+
+    def freq(i: int) -> float:
+        return math.exp(-math.log(10000.0) * i / (half - 1))
+
+    assert emb[1, 0].item() == pytest.approx(math.sin(7.0))
+    assert emb[1, half].item() == pytest.approx(math.cos(7.0))
+    assert emb[2, 3].item() == pytest.approx(math.sin(123 * freq(3)), abs=1e-5)
+    assert emb[2, half + 5].item() == pytest.approx(math.cos(123 * freq(5)), abs=1e-5)
+    assert emb[2, half - 1].item() == pytest.approx(math.sin(123e-4), abs=1e-6)
+    torch.testing.assert_close(emb[0], torch.cat([torch.zeros(8), torch.ones(8)]))
+    odd = timestep_embedding(t, 7)
+    assert odd.shape == (3, 7) and torch.all(odd[:, -1] == 0)
+
+
+def test_different_timesteps_give_different_outputs() -> None:
+    model = UNet(small_config())
+    randomize_zero_params(model)
+    x = torch.randn(1, 1, 8, 8).expand(2, -1, -1, -1)
+    out = model(x, torch.tensor([3, 700]))
+    assert not torch.allclose(out[0], out[1], atol=1e-4)
+
+
+# --- initialisation and gradients -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_type", ["resnet", "convnext"])
+def test_fresh_model_predicts_zero_and_blocks_are_identity(block_type: str) -> None:
+    model = UNet(small_config(block_type=block_type, learned_variance=True))
+    out = model(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]))
+    assert torch.count_nonzero(out) == 0
+    emb = torch.randn(2, 32)
+    x = torch.randn(2, 8, 4, 4)
+    block = ResBlock(8, 8, 32, norm_groups=4) if block_type == "resnet" else ConvNextBlock(8, 8, 32)
+    torch.testing.assert_close(block(x, emb), x)
+    for attn in (
+        FullAttention(8, heads=2, head_dim=None, norm_groups=4),
+        LinearAttention(8, heads=2, head_dim=None, norm_groups=4),
+    ):
+        torch.testing.assert_close(attn(x), x)
+
+
+@pytest.mark.parametrize("block_type", ["resnet", "convnext"])
+def test_gradient_reaches_every_parameter(block_type: str) -> None:
+    model = UNet(small_config(block_type=block_type, learned_variance=True))
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 500])
+    # Fresh model: every parameter is in the graph (zero-init makes most gradients zero).
+    model(x, t).square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    randomize_zero_params(model)
+    (model(x, t) * torch.randn(2, 2, 8, 8)).sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not unused
+
+
+# --- attention references ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head_dim", [None, 3])
+def test_full_attention_matches_reference(head_dim: int | None) -> None:
+    attn = FullAttention(8, heads=2, head_dim=head_dim, norm_groups=4)
+    randomize_zero_params(attn)
+    x = torch.randn(2, 8, 4, 3)
+    b, _, h, w = x.shape
+    d = attn.head_dim
+    hn = nn.functional.group_norm(x, 4, attn.norm.weight, attn.norm.bias, attn.norm.eps)
+    qkv = attn.qkv(hn).reshape(b, 3, 2, d, h * w)
+    outs = []
+    for head in range(2):
+        q, k, v = (qkv[:, i, head] for i in range(3))  # (B, d, N)
+        weights = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(d), dim=-1)  # (B, N, N)
+        outs.append((weights @ v.transpose(1, 2)).transpose(1, 2))  # (B, d, N)
+    ref = x + attn.proj(torch.cat(outs, dim=1).reshape(b, 2 * d, h, w))
+    torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_attention_matches_reference() -> None:
+    attn = LinearAttention(8, heads=2, head_dim=None, norm_groups=4)
+    randomize_zero_params(attn)
+    x = torch.randn(2, 8, 4, 4)
+    b, _, h, w = x.shape
+    hn = nn.functional.group_norm(x, 4, attn.norm.weight, attn.norm.bias, attn.norm.eps)
+    qkv = attn.qkv(hn).reshape(b, 3, 2, 4, h * w)
+    outs = []
+    for head in range(2):
+        q, k, v = (qkv[:, i, head] for i in range(3))  # (B, d, N)
+        q = torch.softmax(q, dim=1) / math.sqrt(4)  # over features
+        k = torch.softmax(k, dim=2)  # over positions
+        context = k @ v.transpose(1, 2)  # (B, d, e) = k vᵀ
+        outs.append(context.transpose(1, 2) @ q)  # (B, e, N)
+    ref = x + attn.out_norm(attn.proj(torch.cat(outs, dim=1).reshape(b, 8, h, w)))
+    torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-5)
+
+
+# --- packaging --------------------------------------------------------------------------------
+
+
+def test_importing_nn_loads_only_errors_from_ddpmkit() -> None:
+    code = (
+        "import sys, ddpmkit.nn; print(sorted(m for m in sys.modules if m.startswith('ddpmkit')))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    loaded = {m for m in ast.literal_eval(out) if not m.startswith("ddpmkit.nn")}
+    assert loaded == {"ddpmkit", "ddpmkit.errors"}
