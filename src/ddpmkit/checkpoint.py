@@ -67,7 +67,12 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta_json: str) -> 
         state.setdefault(int(param_id), {})[key] = value
     for param_id, values in meta["scalars"].items():
         state.setdefault(int(param_id), {}).update(values)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    # JSON turned tuples such as AdamW's betas into lists
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
+        for group in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
 
 
 @dataclass
@@ -109,25 +114,38 @@ def require_run_dir(run_dir: str | Path) -> Path:
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
+    return config_from_dict(load_config_dict(run_dir))
+
+
+def load_config_dict(run_dir: str | Path) -> dict[str, Any]:
     run_dir = require_run_dir(run_dir)
     try:
         data = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise RunDirError(f"{run_dir / CONFIG_FILE} is not valid JSON: {err}") from None
-    return config_from_dict(data)
-
-
-def load_config_dict(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = require_run_dir(run_dir)
-    return json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise RunDirError(f"{run_dir / CONFIG_FILE} does not hold a config object")
+    return data
 
 
 def read_training_state(run_dir: Path) -> TrainingState | None:
     path = run_dir / STATE_FILE
     if not path.is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return TrainingState(step=int(data["step"]), elapsed_s=float(data.get("elapsed_s", 0.0)))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return TrainingState(step=int(data["step"]), elapsed_s=float(data.get("elapsed_s", 0.0)))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise RunDirError(f"{path} is unreadable ({err!r}): delete it to restart the run") from None
+
+
+def _check_step(path: Path, meta: dict[str, str], expected_step: int | None) -> None:
+    if expected_step is not None and meta.get("step") not in (None, str(expected_step)):
+        raise RunDirError(
+            f"{path.name} holds step {meta.get('step')} but state.json says {expected_step}: "
+            "the last checkpoint was interrupted between files; delete state.json to use the "
+            "files as they are"
+        )
 
 
 def _load_weights(path: Path, module: torch.nn.Module, expected_step: int | None) -> None:
@@ -137,14 +155,13 @@ def _load_weights(path: Path, module: torch.nn.Module, expected_step: int | None
 
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
-    if expected_step is not None and meta.get("step") not in (None, str(expected_step)):
-        raise RunDirError(
-            f"{path.name} holds step {meta.get('step')} but state.json says {expected_step}: "
-            "the last checkpoint was interrupted between files; delete state.json to use the "
-            "files as they are"
-        )
+    _check_step(path, meta, expected_step)
     tensors = load_file(str(path))
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # tensors of the wrong shape
+        first = str(err).strip().splitlines()[-1].strip()
+        raise RunDirError(f"{path} does not fit the model in the config: {first}") from None
     if missing or unexpected:
         raise RunDirError(
             f"{path} does not fit the model in config.json (missing {len(missing)} and "
@@ -169,6 +186,8 @@ def load_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer) -> torch.Ten
         raise RunDirError(f"{path} is missing: cannot resume the optimizer")
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
+    state = read_training_state(run_dir)
+    _check_step(path, meta, state.step if state else None)
     tensors = load_file(str(path))
     optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
     return tensors["rng.train"]

@@ -156,10 +156,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"run:   {run_dir} (device {trainer.device}, {config.train.steps} steps)")
     result = trainer.train()
     if trainer.is_main:
-        print(
-            f"done: step {result.step}, loss {result.final_loss:.4f}, "
-            f"{result.elapsed_s / 60:.1f} min of training"
-        )
+        if result.step == trainer.start_step:
+            print(f"done: the run was already at step {result.step}; nothing to train")
+        else:
+            print(
+                f"done: step {result.step}, loss {result.final_loss:.4f}, "
+                f"{result.elapsed_s / 60:.1f} min of training"
+            )
         if result.grid_path is not None:
             print(f"samples: {result.grid_path}")
     return 0
@@ -182,6 +185,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         gif_frames=50 if args.gif else 0,
     )
     data = run.config.data
+    grid = args.out
+    if grid is None:
+        steps = args.steps if args.steps is not None else "all"
+        grid = Path(args.run_dir) / "samples" / f"sample-{args.sampler}{steps}-seed{args.seed}.png"
+    for output in (grid, args.gif, args.npz):  # fail before sampling, not after
+        if output is not None:
+            if Path(output).is_dir():
+                raise DdpmkitError(f"'{output}' is a folder: give a file name")
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = generate(
         run.model,
@@ -192,10 +204,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     seconds = time.perf_counter() - started
-    grid = args.out
-    if grid is None:
-        steps = args.steps if args.steps is not None else "all"
-        grid = Path(args.run_dir) / "samples" / f"sample-{args.sampler}{steps}-seed{args.seed}.png"
     written = write_outputs(
         result,
         grid=Path(grid),
@@ -218,8 +226,11 @@ def _cmd_forward(args: argparse.Namespace) -> int:
 
     _positive(args.num, "--num")
     _positive(args.size, "--size")
-    x0 = load_image(args.image, size=args.size, channels=1 if args.gray else 3).unsqueeze(0)
+    _positive(args.steps, "--steps")
     names = [n.strip() for n in args.schedule.split(",") if n.strip()]
+    if not names:
+        raise DdpmkitError("--schedule needs at least one schedule name, e.g. linear,cosine")
+    x0 = load_image(args.image, size=args.size, channels=1 if args.gray else 3).unsqueeze(0)
     timesteps = spaced_timesteps(args.steps, min(args.num, args.steps))
     rows = []
     for name in names:
@@ -245,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
-    except DdpmkitError as err:
-        print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
+    except (DdpmkitError, OSError) as err:  # OSError: a path that cannot be read or written
+        message = " ".join(str(err).split())  # always one line
+        print(f"ddpm {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)

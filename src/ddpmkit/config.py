@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -184,14 +185,17 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
                 pass
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_text:
+            number = float(value)
+        elif from_text:
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -232,6 +236,11 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"config section '{name}' must be a table of key = value pairs")
         sections[name] = _build_section(name, values)
     config = RunConfig(**sections)
+    if config.model.learned_variance != config.diffusion.learned_variance:
+        # the network's output channels follow from the variance choice: derive, don't ask twice
+        config.model = dataclasses.replace(
+            config.model, learned_variance=config.diffusion.learned_variance
+        )
     config.validate()
     return config
 
@@ -278,7 +287,7 @@ def _resolve_key(key: str) -> tuple[str, str]:
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``d`` with ``section.key=value`` (or unique ``key=value``) strings applied; values are
     parsed as text for the field's type (lists comma-separated: ``model.channel_mults=1,2,2``)."""
-    result = {k: dict(v) for k, v in d.items()}
+    result = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. train.steps=100)")

@@ -7,20 +7,24 @@ the variance is learned). Equations refer to Ho et al. (2020) unless stated othe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ddpmkit.errors import ConfigError
+from ddpmkit.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from ddpmkit.schedules import SCHEDULE_NAMES, Schedule, make_schedule
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 PREDICTIONS = ("eps", "x0", "v")
-VARIANCES = ("fixed_small", "fixed_large")
-LOSSES = ("l2", "l1", "huber")
+VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
+LOSSES = ("l2", "l1", "huber", "hybrid", "kl")
+LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
@@ -37,6 +41,12 @@ class DiffusionConfig:
     prediction: str = "eps"
     variance: str = "fixed_small"
     loss: str = "l2"
+    vb_weight: float = 0.001  # λ of L_hybrid = L_simple + λ·L_vlb (Nichol & Dhariwal 2021, §3.1)
+
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the network must output 2× channels (ε and the variance values)."""
+        return self.variance in LEARNED_VARIANCES
 
     def validate(self) -> None:
         _check_choice("schedule", self.schedule, SCHEDULE_NAMES)
@@ -45,6 +55,12 @@ class DiffusionConfig:
         _check_choice("loss", self.loss, LOSSES)
         if self.num_steps < 1:
             raise ConfigError(f"diffusion.num_steps must be >= 1, got {self.num_steps}")
+        if self.vb_weight < 0:
+            raise ConfigError(f"diffusion.vb_weight must be >= 0, got {self.vb_weight}")
+        if self.loss == "hybrid" and not self.learned_variance:
+            raise ConfigError(
+                "diffusion.loss=hybrid trains the variance: use variance=learned_range (or learned)"
+            )
 
 
 @dataclass
@@ -73,6 +89,17 @@ class LossOutput:
     t: torch.Tensor  # (B,) the timesteps drawn
 
 
+@dataclass
+class BoundTerms:
+    """The variational bound of each image in bits/dim, with its parts (all shaped (B,))."""
+
+    total: torch.Tensor
+    prior: torch.Tensor  # L_T
+    decoder: torch.Tensor  # L_0 = −log p_θ(x_0 | x_1)
+    kl_sum: torch.Tensor  # Σ_{t=2..T} L_{t−1}
+    per_timestep: torch.Tensor | None = None  # (B, T): L_0, L_1, …, L_{T−1}
+
+
 def spaced_timesteps(num_steps: int, count: int) -> list[int]:
     """``count`` timesteps evenly spread over [0, T−1], always including both ends (T−1 first to
     be sampled, so sampling starts from pure noise whatever the count)."""
@@ -93,6 +120,7 @@ class GaussianDiffusion:
         prediction: str = "eps",
         variance: str = "fixed_small",
         loss: str = "l2",
+        vb_weight: float = 0.001,
     ) -> None:
         _check_choice("prediction", prediction, PREDICTIONS)
         _check_choice("variance", variance, VARIANCES)
@@ -101,6 +129,9 @@ class GaussianDiffusion:
         self.prediction = prediction
         self.variance = variance
         self.loss = loss
+        if loss == "hybrid" and variance not in LEARNED_VARIANCES:
+            raise ConfigError("loss='hybrid' trains the variance: use variance='learned_range'")
+        self.vb_weight = vb_weight
         self._tables64 = schedule.as_dict()
         self._fixed_large_log_variance = self._make_fixed_large_log_variance()
         self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
@@ -109,7 +140,7 @@ class GaussianDiffusion:
     def from_config(cls, config: DiffusionConfig) -> GaussianDiffusion:
         config.validate()
         schedule = make_schedule(config.schedule, config.num_steps)
-        return cls(schedule, config.prediction, config.variance, config.loss)
+        return cls(schedule, config.prediction, config.variance, config.loss, config.vb_weight)
 
     @property
     def num_steps(self) -> int:
@@ -219,14 +250,23 @@ class GaussianDiffusion:
         )
 
     # ------------------------------------------------------------------ reverse process
-    def split_output(self, output: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        """The prediction part of a model output (fixed variances: all of it)."""
-        if output.shape != x_t.shape:
+    def split_output(
+        self, output: torch.Tensor, x_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prediction, variance values) of a model output. Learned variances stack the variance
+        values after the prediction on the channel axis; fixed variances have none."""
+        learned = self.variance in LEARNED_VARIANCES
+        expected = (x_t.shape[0], x_t.shape[1] * (2 if learned else 1), *x_t.shape[2:])
+        if tuple(output.shape) != expected:
             raise ConfigError(
                 f"the model returned shape {tuple(output.shape)} for input {tuple(x_t.shape)}; "
-                f"with variance='{self.variance}' it must return the input's shape"
+                f"with variance='{self.variance}' it must return {expected}"
+                + (" (set model.learned_variance=true)" if learned else "")
             )
-        return output
+        if not learned:
+            return output, None
+        prediction, values = output.chunk(2, dim=1)
+        return prediction, values
 
     def interpret(
         self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False
@@ -252,23 +292,114 @@ class GaussianDiffusion:
     ) -> ModelPrediction:
         """One network call, read as (ε, x_0)."""
         t = self._check_t(t, x_t.shape[0])
-        output = self.split_output(model(x_t, t), x_t)
-        return self.interpret(output, x_t, t, clip_x0)
+        prediction, _ = self.split_output(model(x_t, t), x_t)
+        return self.interpret(prediction, x_t, t, clip_x0)
+
+    def log_variance(
+        self, t: torch.Tensor, x_t: torch.Tensor, values: torch.Tensor | None
+    ) -> torch.Tensor:
+        """log σ_t² of p_θ(x_{t−1}|x_t): β̃_t (fixed_small), β_t (fixed_large), the network's
+        output (learned), or log σ² = v log β_t + (1 − v) log β̃_t with v = (output + 1)/2
+        (learned_range, Nichol & Dhariwal 2021, eq. 15)."""
+        if self.variance == "fixed_small":
+            return self.coef("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
+        if self.variance == "fixed_large":
+            return self.coef("fixed_large_log_variance", t, x_t).expand_as(x_t)
+        assert values is not None, "learned variances need the model's variance output"
+        if self.variance == "learned":
+            return values
+        fraction = (values + 1.0) / 2.0
+        log_small = self.coef("posterior_log_variance_clipped", t, x_t)
+        log_large = self.coef("log_betas", t, x_t)
+        return fraction * log_large + (1.0 - fraction) * log_small
+
+    def reverse_step(
+        self,
+        output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        clip_x0: bool = False,
+        detach_mean: bool = False,
+    ) -> ReverseStep:
+        """p_θ(x_{t−1} | x_t) from a raw model output: mean μ̃_t(x_t, x̂_0) (eq. 7 with x̂_0 from
+        the model, which equals eq. 11 for ε-prediction) and the variance of :meth:`log_variance`.
+        ``detach_mean`` stops gradients through the mean (L_vlb of the hybrid loss)."""
+        prediction, values = self.split_output(output, x_t)
+        if detach_mean:
+            prediction = prediction.detach()
+        pred = self.interpret(prediction, x_t, t, clip_x0)
+        mean, _, _ = self.q_posterior(pred.x0, x_t, t)
+        log_variance = self.log_variance(t, x_t, values)
+        return ReverseStep(mean, torch.exp(log_variance), log_variance, pred.x0, pred.eps)
 
     def p_mean_variance(
         self, model: Model, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False
     ) -> ReverseStep:
-        """p_θ(x_{t−1} | x_t): mean μ̃_t(x_t, x̂_0) (eq. 7 with x̂_0 from the model, equivalent to
-        eq. 11 for ε-prediction) and the fixed variance σ_t² = β̃_t or β_t (§3.2)."""
+        """One network call, read as p_θ(x_{t−1} | x_t) (see :meth:`reverse_step`)."""
         t = self._check_t(t, x_t.shape[0])
-        pred = self.predict(model, x_t, t, clip_x0)
-        mean, _, _ = self.q_posterior(pred.x0, x_t, t)
-        if self.variance == "fixed_small":
-            log_variance = self.coef("posterior_log_variance_clipped", t, x_t)
-        else:
-            log_variance = self.coef("fixed_large_log_variance", t, x_t)
-        log_variance = log_variance.expand_as(x_t)
-        return ReverseStep(mean, torch.exp(log_variance), log_variance, pred.x0, pred.eps)
+        return self.reverse_step(model(x_t, t), x_t, t, clip_x0)
+
+    # ------------------------------------------------------------------ variational bound
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) ‖ N(0, I)) per example, in nats summed over dimensions."""
+        t = torch.full((x0.shape[0],), self.num_steps - 1, dtype=torch.long, device=x0.device)
+        mean, _, log_var = self.q_mean_variance(x0, t)
+        return (
+            normal_kl(mean, log_var, torch.zeros_like(mean), torch.zeros_like(log_var))
+            .flatten(1)
+            .sum(dim=1)
+        )
+
+    def vb_terms(
+        self, step: ReverseStep, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """L_{t−1} per example in nats summed over dimensions (Ho et al., eq. 5): the decoder
+        term −log p_θ(x_0|x_1) with 8-bit bins at t = 1 (index 0), otherwise
+        KL(q(x_{t−1}|x_t, x_0) ‖ p_θ(x_{t−1}|x_t))."""
+        true_mean, _, true_log_var = self.q_posterior(x0, x_t, t)
+        kl = normal_kl(true_mean, true_log_var, step.mean, step.log_variance).flatten(1).sum(1)
+        decoder = (
+            -discretized_gaussian_log_likelihood(x0, step.mean, 0.5 * step.log_variance)
+            .flatten(1)
+            .sum(1)
+        )
+        return torch.where(t == 0, decoder, kl)
+
+    @torch.no_grad()
+    def nll(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        clip_x0: bool = True,
+        per_timestep: bool = False,
+        progress: bool = False,
+    ) -> BoundTerms:
+        """The full variational bound L_vlb = L_T + Σ_{t>1} L_{t−1} + L_0 (Ho et al., eq. 5) of
+        each image, in bits/dim: every term evaluated once at a fresh q(x_t|x_0) draw (T network
+        calls per batch). ``x0`` must hold 8-bit data scaled to [−1, 1] for the decoder term."""
+        batch, dims = x0.shape[0], x0[0].numel()
+        to_bits = 1.0 / (dims * math.log(2))
+        terms = torch.zeros(batch, self.num_steps, dtype=torch.float64, device=x0.device)
+        for i in tqdm(
+            range(self.num_steps - 1, -1, -1), desc="bound", disable=not progress, leave=False
+        ):
+            t = torch.full((batch,), i, dtype=torch.long, device=x0.device)
+            gen_device = generator.device if generator is not None else x0.device
+            noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype)
+            x_t = self.q_sample(x0, t, noise.to(x0.device))
+            step = self.reverse_step(model(x_t, t), x_t, t, clip_x0=clip_x0)
+            terms[:, i] = self.vb_terms(step, x0, x_t, t).double() * to_bits
+        prior = self.prior_kl(x0).double() * to_bits
+        decoder = terms[:, 0]
+        kl_sum = terms[:, 1:].sum(dim=1)
+        return BoundTerms(
+            total=prior + kl_sum + decoder,
+            prior=prior,
+            decoder=decoder,
+            kl_sum=kl_sum,
+            per_timestep=terms if per_timestep else None,
+        )
 
     # ------------------------------------------------------------------ training
     def sample_timesteps(
@@ -288,7 +419,7 @@ class GaussianDiffusion:
         return self.v_from_x0_eps(x0, eps, t)
 
     def elementwise_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.loss == "l2":
+        if self.loss in ("l2", "hybrid"):
             return (output - target) ** 2
         if self.loss == "l1":
             return (output - target).abs()
@@ -301,10 +432,21 @@ class GaussianDiffusion:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        weights: torch.Tensor | None = None,
     ) -> LossOutput:
-        """L_simple of eq. 14 generalised to the chosen target (ε/x_0/v) and distance (l2/l1/huber):
-        draw t and ε, noise x_0 with eq. 4, compare the network's output with the target.
-        The per-example value is the mean over pixels; the loss is its batch mean."""
+        """The per-example training loss at t (uniform unless given), its weighted batch mean.
+
+        - ``l2``/``l1``/``huber``: L_simple of eq. 14 generalised to the chosen target (ε/x_0/v)
+          and distance, a mean over pixels.
+        - ``hybrid``: L_simple + λ·T·L_t with L_t in bits/dim and the mean detached inside L_t,
+          so that L_vlb trains the variance only (Nichol & Dhariwal 2021, §3.1: λ = 0.001; the
+          factor T turns one term into an estimate of the whole sum, i.e. λ·T/1000 of the
+          reference implementation's per-term loss for λ = 0.001).
+        - ``kl``: T·L_t in bits/dim, an unbiased estimate of L_vlb − L_T per dimension.
+
+        ``weights`` (e.g. importance weights 1/(T p_t)) multiply the per-example values in the
+        mean, so that a non-uniform t keeps the estimate unbiased.
+        """
         batch = x0.shape[0]
         if t is None:
             t = self.sample_timesteps(batch, x0.device, generator)
@@ -314,10 +456,21 @@ class GaussianDiffusion:
             noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype)
             noise = noise.to(x0.device)
         x_t = self.q_sample(x0, t, noise)
-        output = self.split_output(model(x_t, t), x_t)
-        target = self.training_target(x0, noise, t)
-        per_example = self.elementwise_loss(output, target).flatten(1).mean(dim=1)
-        return LossOutput(loss=per_example.mean(), per_example=per_example, t=t)
+        output = model(x_t, t)
+        prediction, _ = self.split_output(output, x_t)
+        dims = x0[0].numel()
+        if self.loss == "kl":
+            step = self.reverse_step(output, x_t, t)
+            per_example = self.num_steps * self.vb_terms(step, x0, x_t, t) / (dims * math.log(2))
+        else:
+            target = self.training_target(x0, noise, t)
+            per_example = self.elementwise_loss(prediction, target).flatten(1).mean(dim=1)
+            if self.loss == "hybrid":
+                step = self.reverse_step(output, x_t, t, detach_mean=True)
+                vb = self.vb_terms(step, x0, x_t, t) / (dims * math.log(2))
+                per_example = per_example + self.vb_weight * self.num_steps * vb
+        weighted = per_example if weights is None else per_example * weights
+        return LossOutput(loss=weighted.mean(), per_example=per_example, t=t)
 
     # ------------------------------------------------------------------ respacing
     def respaced(self, timesteps: list[int]) -> tuple[GaussianDiffusion, torch.Tensor]:
@@ -334,7 +487,9 @@ class GaussianDiffusion:
         prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         betas = 1.0 - alpha_bar / prev
         schedule = Schedule(name=f"{self.schedule.name}[{len(timesteps)}]", betas=betas)
-        spaced = GaussianDiffusion(schedule, self.prediction, self.variance, self.loss)
+        spaced = GaussianDiffusion(
+            schedule, self.prediction, self.variance, self.loss, self.vb_weight
+        )
         return spaced, index
 
 

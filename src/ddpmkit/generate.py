@@ -12,11 +12,11 @@ from tqdm.auto import tqdm
 
 from ddpmkit.checkpoint import load_run_config, load_weights, require_run_dir
 from ddpmkit.config import RunConfig
-from ddpmkit.diffusion import GaussianDiffusion
+from ddpmkit.diffusion import GaussianDiffusion, spaced_timesteps
 from ddpmkit.errors import ConfigError
 from ddpmkit.fileio import atomic_write_bytes
 from ddpmkit.nn import UNet
-from ddpmkit.samplers import SamplerStep, sample
+from ddpmkit.samplers import SAMPLERS, SamplerStep, sample
 from ddpmkit.viz import save_gif, save_grid, to_uint8
 
 
@@ -86,6 +86,15 @@ def generate(
     result does not depend on anything but the request."""
     if request.n < 1 or request.batch_size < 1:
         raise ConfigError("the number of samples and the batch size must be >= 1")
+    # check the request before any work or progress bar
+    if request.sampler not in SAMPLERS:
+        raise ConfigError(
+            f"unknown sampler '{request.sampler}': choose one of {', '.join(SAMPLERS)}"
+        )
+    if request.eta < 0:
+        raise ConfigError(f"eta must be >= 0, got {request.eta}")
+    if request.steps is not None:
+        spaced_timesteps(diffusion.num_steps, request.steps)
     images, frames = [], []
     batches = range(0, request.n, request.batch_size)
     bar = tqdm(total=request.n, desc="sampling", unit="img", disable=not progress)

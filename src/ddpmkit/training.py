@@ -7,10 +7,14 @@ and only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +83,47 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+@contextlib.contextmanager
+def _defer_sigint() -> Iterator[None]:
+    """Hold back Ctrl-C until the block is done, then raise KeyboardInterrupt.
+
+    Wraps the optimizer step, the EMA update, the step count and its metrics line, so that an
+    interrupt never saves weights that are half-updated or one step ahead of the step written in
+    state.json, nor loses the log line of a step it saves."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and previous is not signal.SIG_IGN:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+        else:
+            raise KeyboardInterrupt
+
+
+def _global_rng_state(device: torch.device) -> torch.Tensor:
+    """State of the default generator that dropout draws from on ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return torch.get_rng_state()
+
+
+def _set_global_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state)
+    else:
+        torch.set_rng_state(state)
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -132,6 +177,11 @@ class Trainer:
             )
         if resume and state is None:
             raise RunDirError(f"nothing to resume: '{self.run_dir}' has no saved checkpoint")
+        if state is not None and state.step > tc.steps:
+            raise ConfigError(
+                f"the run in '{self.run_dir}' is already at step {state.step}, past "
+                f"train.steps={tc.steps}: give train.steps >= {state.step}"
+            )
         self.start_step = state.step if state else 0
         self.elapsed_before = state.elapsed_s if state else 0.0
 
@@ -156,32 +206,64 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(tc.seed * 1000 + self.rank)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed * 1000 + self.rank)
         torch.manual_seed(tc.seed * 1000 + self.rank)  # dropout draws from the global generator
+        self._order = torch.empty(0, dtype=torch.long)
+        self._cursor = 0
         if resume:
             ckpt.load_weights(self.run_dir, self.model, "model")
             ckpt.load_weights(self.run_dir, self.ema, "ema")
             rng = ckpt.load_optimizer(self.run_dir, self.optimizer)
-            self._set_rng_state(rng)
-            self._truncate_metrics()
+            if self.rank == 0:
+                self._set_rng_state(rng)
+            else:  # only rank 0's generators are saved: give the others fresh, distinct streams
+                seed = (tc.seed * 1000 + self.rank) * 1_000_003 + self.start_step
+                self.data_gen.manual_seed(seed)
+                self.noise_gen.manual_seed(seed)
+                torch.manual_seed(seed)
+        self._truncate_metrics()  # a fresh run drops the lines of one that died before saving
         self.train_model: torch.nn.Module = self.model
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self._order = torch.empty(0, dtype=torch.long)
-        self._cursor = 0
 
     # ------------------------------------------------------------------ state helpers
     def _rng_state(self) -> torch.Tensor:
-        data = self.data_gen.get_state()
-        noise = self.noise_gen.get_state().cpu()
-        return torch.cat(
-            [torch.tensor([data.numel()], dtype=torch.int64).view(torch.uint8), data, noise]
-        )
+        """Everything random about the rest of the run, as bytes: the data and noise generators,
+        the global generator (dropout), and the epoch's permutation with the position in it.
+
+        Layout: int64 header ``[-len(parts), cursor, *part sizes]``, then the parts."""
+        parts = [
+            self.data_gen.get_state(),
+            self.noise_gen.get_state().cpu(),
+            _global_rng_state(self.device).cpu(),
+            self._order.to(torch.int64).contiguous().view(torch.uint8),
+        ]
+        header = torch.tensor([-len(parts), self._cursor, *(p.numel() for p in parts)])
+        return torch.cat([header.to(torch.int64).view(torch.uint8), *parts])
 
     def _set_rng_state(self, state: torch.Tensor) -> None:
-        n = int(state[:8].view(torch.int64)[0])
-        self.data_gen.set_state(state[8 : 8 + n].clone())
-        self.noise_gen.set_state(state[8 + n :].clone())
+        first = int(state[:8].clone().view(torch.int64)[0])
+        if first > 0:  # the first layout: [data size, data, noise]
+            self.data_gen.set_state(state[8 : 8 + first].clone())
+            self.noise_gen.set_state(state[8 + first :].clone())
+            return
+        header = state[: 8 * (2 - first)].clone().view(torch.int64).tolist()
+        cursor, sizes = header[1], header[2:]
+        offsets = [8 * len(header)]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        data, noise, global_state, order = (
+            state[a:b].clone() for a, b in zip(offsets, offsets[1:], strict=False)
+        )
+        self.data_gen.set_state(data)
+        # states of another device kind (a run moved between CPU and GPU) do not fit: those
+        # streams restart from the seed
+        if noise.numel() == self.noise_gen.get_state().numel():
+            self.noise_gen.set_state(noise)
+        if global_state.numel() == _global_rng_state(self.device).numel():
+            _set_global_rng_state(self.device, global_state)
+        self._order = order.view(torch.int64)
+        self._cursor = cursor
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines logged after the checkpoint we resume from."""
@@ -190,10 +272,16 @@ class Trainer:
             return
         import json
 
+        def step_of(line: str) -> int:
+            try:
+                return int(json.loads(line).get("step", 0))
+            except (ValueError, AttributeError):  # a line cut short by a crash
+                return self.start_step + 1
+
         kept = [
             line
             for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= self.start_step
+            if line.strip() and step_of(line) <= self.start_step
         ]
         ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
@@ -298,36 +386,41 @@ class Trainer:
                     )
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                self.optimizer.step()
-                update_ema(self.ema, self.model, ema_decay(step, tc.ema_decay, tc.ema_warmup))
-                step += 1
-                last_loss = step_loss
-                smoothed = step_loss if smoothed is None else 0.98 * smoothed + 0.02 * step_loss
-                interval_loss += step_loss
-                interval_count += 1
-                bar.update(1)
+                with _defer_sigint():
+                    self.optimizer.step()
+                    update_ema(self.ema, self.model, ema_decay(step, tc.ema_decay, tc.ema_warmup))
+                    step += 1
+                    last_loss = step_loss
+                    smoothed = step_loss if smoothed is None else 0.98 * smoothed + 0.02 * step_loss
+                    interval_loss += step_loss
+                    interval_count += 1
+                    bar.update(1)
 
-                if step % tc.log_every == 0 or step == tc.steps:
-                    now = time.perf_counter()
-                    rate = interval_count * tc.batch_size / max(1e-9, now - interval_start - paused)
-                    bar.set_postfix(loss=f"{smoothed:.4f}", img_s=f"{rate:.0f}")
-                    if self.is_main:
-                        record = {
-                            "step": step,
-                            "loss": interval_loss / interval_count,
-                            "lr": learning_rate(step - 1, tc),
-                            "images_per_s": round(rate, 2),
-                            "elapsed_s": round(self.elapsed_before + now - started, 3),
-                        }
-                        for b in range(TIMESTEP_BUCKETS):
-                            if bucket_count[b] > 0:
-                                record[f"loss_t_q{b + 1}"] = (
-                                    bucket_sum[b] / bucket_count[b]
-                                ).item()
-                        ckpt.append_metrics(self.run_dir, record)
-                    interval_start, interval_loss, interval_count, paused = now, 0.0, 0, 0.0
-                    bucket_sum.zero_()
-                    bucket_count.zero_()
+                    if step % tc.log_every == 0 or step == tc.steps:
+                        now = time.perf_counter()
+                        rate = (
+                            interval_count
+                            * tc.batch_size
+                            / max(1e-9, now - interval_start - paused)
+                        )
+                        bar.set_postfix(loss=f"{smoothed:.4f}", img_s=f"{rate:.0f}")
+                        if self.is_main:
+                            record = {
+                                "step": step,
+                                "loss": interval_loss / interval_count,
+                                "lr": learning_rate(step - 1, tc),
+                                "images_per_s": round(rate, 2),
+                                "elapsed_s": round(self.elapsed_before + now - started, 3),
+                            }
+                            for b in range(TIMESTEP_BUCKETS):
+                                if bucket_count[b] > 0:
+                                    record[f"loss_t_q{b + 1}"] = (
+                                        bucket_sum[b] / bucket_count[b]
+                                    ).item()
+                            ckpt.append_metrics(self.run_dir, record)
+                        interval_start, interval_loss, interval_count, paused = now, 0.0, 0, 0.0
+                        bucket_sum.zero_()
+                        bucket_count.zero_()
 
                 if step < tc.steps and (
                     (tc.sample_every and step % tc.sample_every == 0)

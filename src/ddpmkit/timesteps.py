@@ -1,0 +1,81 @@
+"""How training draws t: uniformly, or by importance sampling on the loss (Nichol & Dhariwal
+2021, §3.3, eq. 17): p_t ∝ √E[L_t²], with weights 1/(T·p_t) that keep the loss unbiased."""
+
+from __future__ import annotations
+
+import torch
+
+from ddpmkit.errors import ConfigError
+
+TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
+
+
+class UniformSampler:
+    """t ~ Uniform{0, …, T−1}, weight 1."""
+
+    def __init__(self, num_steps: int) -> None:
+        self.num_steps = num_steps
+
+    def probabilities(self) -> torch.Tensor:
+        return torch.full((self.num_steps,), 1.0 / self.num_steps, dtype=torch.float64)
+
+    def sample(
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, weights) for a batch; weights = 1/(T·p_t), so E[w·L_t] = mean_t L_t."""
+        p = self.probabilities()
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        t = torch.multinomial(p.to(gen_device), batch, replacement=True, generator=generator)
+        weights = 1.0 / (self.num_steps * p[t.cpu()])
+        return t.to(device), weights.to(device=device, dtype=torch.float32)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Record per-example losses at their t (uniform sampling ignores them)."""
+
+
+class LossSecondMomentSampler(UniformSampler):
+    """p_t ∝ √E[L_t²] over the last ``history`` losses seen at each t, mixed with ``uniform_mass``
+    of the uniform distribution; uniform until every t has a full history (the warm-up)."""
+
+    def __init__(self, num_steps: int, history: int = 10, uniform_mass: float = 0.001) -> None:
+        super().__init__(num_steps)
+        if history < 1 or not 0 < uniform_mass <= 1:
+            raise ConfigError("history must be >= 1 and uniform_mass in (0, 1]")
+        self.history = history
+        self.uniform_mass = uniform_mass
+        self.losses = torch.zeros(num_steps, history, dtype=torch.float64)
+        self.counts = torch.zeros(num_steps, dtype=torch.long)
+
+    @property
+    def warmed_up(self) -> bool:
+        return bool((self.counts >= self.history).all())
+
+    def probabilities(self) -> torch.Tensor:
+        if not self.warmed_up:
+            return super().probabilities()
+        p = torch.sqrt((self.losses**2).mean(dim=1))
+        p = p / p.sum()
+        return (1 - self.uniform_mass) * p + self.uniform_mass / self.num_steps
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        for step, loss in zip(t.tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            slot = self.counts[step] % self.history
+            self.losses[step, slot] = loss
+            self.counts[step] += 1
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"losses": self.losses, "counts": self.counts}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.losses.copy_(tensors["losses"])
+        self.counts.copy_(tensors["counts"])
+
+
+def make_timestep_sampler(name: str, num_steps: int) -> UniformSampler:
+    if name == "uniform":
+        return UniformSampler(num_steps)
+    if name == "loss_second_moment":
+        return LossSecondMomentSampler(num_steps)
+    raise ConfigError(
+        f"unknown timestep sampler '{name}': choose one of {', '.join(TIMESTEP_SAMPLERS)}"
+    )

@@ -1,0 +1,306 @@
+"""RunConfig: TOML/JSON files, key=value overrides, type checking, validation, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ddpmkit.config import (
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config_file,
+    resolve_config,
+)
+from ddpmkit.errors import ConfigError, DdpmkitError
+
+SMALL_MODEL = ["model.channel_mults=1,2", "model.attention=none,none"]
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------- files
+def test_toml_file_sets_values_with_their_types(tmp_path):
+    path = write(
+        tmp_path / "run.toml",
+        """
+        [data]
+        image_size = 32
+        channels = 3
+        random_flip = true
+
+        [model]
+        in_channels = 3
+        channel_mults = [1, 2, 2, 2]
+        attention = ["none", "none", "full", "none"]
+        dropout = 0          # an integer where a float is expected is fine
+
+        [train]
+        steps = 123
+        lr = 1e-3
+
+        [sample]
+        steps = 25
+        """,
+    )
+    config = resolve_config(path)
+    assert config.data.image_size == 32 and config.data.random_flip is True
+    assert config.model.channel_mults == (1, 2, 2, 2)
+    assert config.model.attention == ("none", "none", "full", "none")
+    assert config.model.dropout == 0.0 and isinstance(config.model.dropout, float)
+    assert config.train.steps == 123 and config.train.lr == 1e-3
+    assert config.sample.steps == 25
+    # untouched fields keep their defaults
+    assert config.train.batch_size == RunConfig().train.batch_size
+    assert config.diffusion == RunConfig().diffusion
+
+
+def test_overrides_win_over_the_file_and_the_file_over_the_base(tmp_path):
+    path = write(tmp_path / "run.toml", "[train]\nsteps = 50\nlr = 0.5\n")
+    base = {"train": {"steps": 7, "seed": 3, "lr": 0.25}}
+    config = resolve_config(path, ["train.steps=99"], base=base)
+    assert config.train.steps == 99  # override > file
+    assert config.train.lr == 0.5  # file > base
+    assert config.train.seed == 3  # base > defaults
+    assert base == {"train": {"steps": 7, "seed": 3, "lr": 0.25}}  # the base is not modified
+
+
+def test_json_config_file(tmp_path):
+    path = write(tmp_path / "run.json", json.dumps({"train": {"steps": 11}}))
+    assert resolve_config(path).train.steps == 11
+
+
+def test_missing_and_unparseable_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config_file(tmp_path / "nope.toml")
+    bad = write(tmp_path / "bad.toml", "[train\nsteps = 1\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config_file(bad)
+
+
+def test_unknown_section_and_key_in_a_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config section 'trian'"):
+        resolve_config(write(tmp_path / "a.toml", "[trian]\nsteps = 1\n"))
+    with pytest.raises(ConfigError, match="unknown key 'train.stepz'"):
+        resolve_config(write(tmp_path / "b.toml", "[train]\nstepz = 1\n"))
+    # a key outside of any [section]
+    with pytest.raises(ConfigError, match="unknown config section 'steps'"):
+        resolve_config(write(tmp_path / "c.toml", "steps = 5\n[train]\nlr = 1e-3\n"))
+
+
+def test_file_values_are_type_checked(tmp_path):
+    with pytest.raises(ConfigError, match="train.steps must be an integer, got 3.5"):
+        resolve_config(write(tmp_path / "a.toml", "[train]\nsteps = 3.5\n"))
+    with pytest.raises(ConfigError, match="train.amp must be true or false"):
+        resolve_config(write(tmp_path / "b.toml", '[train]\namp = "yes"\n'))
+    with pytest.raises(ConfigError, match="model.channel_mults must be a list"):
+        resolve_config(write(tmp_path / "c.toml", "[model]\nchannel_mults = 2\n"))
+
+
+# ---------------------------------------------------------------------- overrides
+def test_section_key_override():
+    config = resolve_config(overrides=["train.steps=10", "diffusion.schedule=cosine"])
+    assert config.train.steps == 10 and config.diffusion.schedule == "cosine"
+
+
+@pytest.mark.parametrize(
+    ("override", "section", "key", "value"),
+    [
+        ("lr=1e-3", "train", "lr", 1e-3),
+        ("seed=7", "train", "seed", 7),
+        ("schedule=cosine", "diffusion", "schedule", "cosine"),
+        ("eta=0.5", "sample", "eta", 0.5),
+        ("num_samples=9", "sample", "num_samples", 9),
+    ],
+)
+def test_bare_unique_key(override, section, key, value):
+    config = resolve_config(overrides=[override])
+    assert getattr(getattr(config, section), key) == value
+
+
+def test_ambiguous_bare_key_names_the_candidates():
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=["steps=100"])
+    message = str(info.value)
+    assert "ambiguous" in message
+    assert "train.steps" in message and "sample.steps" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.steps=abc", "train.steps must be an integer, got 'abc'"),
+        ("train.steps=1.5", "train.steps must be an integer"),
+        ("train.amp=maybe", "train.amp must be true or false, got 'maybe'"),
+        ("train.lr=fast", "train.lr must be a finite number, got 'fast'"),
+        ("train.lr=inf", "train.lr must be a finite number"),
+        ("train.lr=nan", "train.lr must be a finite number"),
+        ("model.channel_mults=1,x", "model.channel_mults must be an integer, got 'x'"),
+        ("sample.steps=many", "sample.steps must be an integer"),
+    ],
+)
+def test_wrong_type_is_a_config_error_naming_the_key(override, expected):
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=[override])
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("true", True), ("yes", True), ("1", True), ("On", True)]
+    + [("false", False), ("no", False), ("0", False), ("OFF", False)],
+)
+def test_boolean_spellings(text, value):
+    assert resolve_config(overrides=[f"train.amp={text}"]).train.amp is value
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.stepz=1", "unknown key 'train.stepz'"),
+        ("trian.steps=1", "unknown config section 'trian'"),
+        ("bogus=1", "unknown config key 'bogus'"),
+        ("train.steps", "must look like key=value"),
+    ],
+)
+def test_unknown_keys_and_sections(override, expected):
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=[override])
+    assert expected in str(info.value)
+
+
+def test_unknown_key_lists_the_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=["train.stepz=1"])
+    assert "steps" in str(info.value) and "batch_size" in str(info.value)
+
+
+def test_tuple_parsing():
+    config = resolve_config(
+        overrides=["model.channel_mults=1,2,2", "model.attention=none, none ,full"]
+    )
+    assert config.model.channel_mults == (1, 2, 2)
+    assert config.model.attention == ("none", "none", "full")
+    config = resolve_config(
+        overrides=["model.channel_mults=1,2,2,4", "data.image_size=16"]
+        + ["model.attention=none,none,none,full"]
+    )
+    assert config.model.channel_mults == (1, 2, 2, 4)
+
+
+def test_optional_none():
+    assert resolve_config(overrides=["sample.steps=25"]).sample.steps == 25
+    assert resolve_config(overrides=["sample.steps=25", "sample.steps=none"]).sample.steps is None
+    model = resolve_config(overrides=["model.attention_head_dim=null"]).model
+    assert model.attention_head_dim is None
+    model = resolve_config(overrides=["model.attention_head_dim=16"]).model
+    assert model.attention_head_dim == 16
+
+
+def test_later_override_wins():
+    assert resolve_config(overrides=["train.steps=1", "train.steps=2"]).train.steps == 2
+
+
+def test_apply_overrides_does_not_modify_its_input():
+    d = {"train": {"steps": 5}}
+    result = apply_overrides(d, ["train.steps=6", "sample.eta=0.5"])
+    assert d == {"train": {"steps": 5}}
+    assert result == {"train": {"steps": 6}, "sample": {"eta": 0.5}}
+
+
+# ---------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.steps=0", "train.steps must be >= 1"),
+        ("train.lr=-1", "train.lr must be > 0"),
+        ("train.lr_schedule=linear", "unknown train.lr_schedule 'linear'"),
+        ("train.ema_decay=1", "train.ema_decay must lie in [0, 1)"),
+        ("train.batch_size=16 train.grad_accum=3", "must be a multiple of train.grad_accum"),
+        ("train.warmup_steps=-1", "train.warmup_steps must be >= 0"),
+        ("sample.sampler=euler", "unknown sample.sampler 'euler'"),
+        ("sample.num_samples=0", "sample.num_samples must be >= 1"),
+        ("sample.steps=0", "sample.steps must be >= 1"),
+        ("diffusion.schedule=exp", "unknown schedule 'exp'"),
+        ("data.channels=2", "channels must be 1 (grayscale) or 3 (RGB)"),
+    ],
+)
+def test_out_of_range_values(override, expected):
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=override.split())
+    assert expected in str(info.value)
+
+
+def test_in_channels_must_match_data_channels():
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=["data.channels=3", "model.in_channels=1"])
+    assert "model.in_channels (1) must equal data.channels (3)" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=["data.channels=1", "model.in_channels=3"])
+    assert "model.in_channels (3) must equal data.channels (1)" in str(info.value)
+    config = resolve_config(overrides=["data.channels=3", "model.in_channels=3"])
+    assert config.data.channels == config.model.in_channels == 3
+
+
+def test_image_size_must_fit_the_unet_depth():
+    # three levels: two downsamplings, so a multiple of 4
+    three = ["model.channel_mults=1,2,2", "model.attention=none,none,none"]
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=["data.image_size=10", *three])
+    message = str(info.value)
+    assert "data.image_size 10" in message and "multiple of 4" in message
+    # two levels: a multiple of 2 is enough
+    assert resolve_config(overrides=["data.image_size=12", *three]).data.image_size == 12
+    assert resolve_config(overrides=["data.image_size=10", *SMALL_MODEL]).data.image_size == 10
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        resolve_config(overrides=["data.image_size=9", *SMALL_MODEL])
+
+
+def test_user_errors_are_ddpmkit_errors():
+    with pytest.raises(DdpmkitError):
+        resolve_config(overrides=["train.steps=abc"])
+    assert issubclass(ConfigError, ValueError)
+
+
+# ---------------------------------------------------------------------- JSON round trip
+def test_to_json_round_trips_through_config_from_dict():
+    config = resolve_config(
+        overrides=[
+            "data.source=./somewhere/images",
+            "data.image_size=32",
+            "model.channel_mults=1,2,2,2",
+            "model.attention=none,linear,full,none",
+            "model.attention_head_dim=16",
+            "model.dropout=0.1",
+            "diffusion.schedule=cosine",
+            "diffusion.prediction=v",
+            "train.steps=77",
+            "train.lr=3e-4",
+            "train.amp=true",
+            "sample.steps=none",
+            "sample.sampler=ddim",
+            "sample.eta=0.25",
+        ]
+    )
+    text = config.to_json()
+    data = json.loads(text)
+    assert data["model"]["channel_mults"] == [1, 2, 2, 2]  # plain JSON lists
+    again = config_from_dict(data)
+    assert again == config
+    assert again.to_json() == text
+    assert config_from_dict(json.loads(RunConfig().to_json())) == RunConfig()
+
+
+def test_config_from_dict_is_strict_about_json_types():
+    with pytest.raises(ConfigError, match="train.steps must be an integer, got '5'"):
+        config_from_dict({"train": {"steps": "5"}})
+    with pytest.raises(ConfigError, match="train.steps must be an integer, got True"):
+        config_from_dict({"train": {"steps": True}})
+    with pytest.raises(ConfigError, match="must be a table"):
+        config_from_dict({"train": 5})
+    with pytest.raises(ConfigError, match="unknown config section 'extra'"):
+        config_from_dict({"extra": {}})
