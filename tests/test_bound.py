@@ -40,7 +40,7 @@ def test_kl_term_pointwise_equals_quadrature(variance, t):
         p = stats.norm(step.mean[i, 0].item(), math.sqrt(step.variance[i, 0].item()))
         lo, hi = q.ppf(1e-13), q.isf(1e-13)
         kl, _ = integrate.quad(
-            lambda x: q.pdf(x) * (q.logpdf(x) - p.logpdf(x)),
+            lambda x, q=q, p=p: q.pdf(x) * (q.logpdf(x) - p.logpdf(x)),
             lo,
             hi,
             epsabs=1e-13,
