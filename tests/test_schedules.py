@@ -75,3 +75,60 @@ def test_single_step_schedule_is_valid():
     s = make_schedule("cosine", 1)
     assert s.num_steps == 1
     assert torch.isfinite(s.posterior_log_variance_clipped).all()
+
+
+@pytest.mark.parametrize("name", SCHEDULE_NAMES)
+def test_continuous_schedule_is_the_limit_of_the_discrete_one(name):
+    """ᾱ(t/T) of the continuous view tracks the discrete ᾱ_t at T = 1000: log ∏(1 − β_s) and
+    −∫β differ by at most Σ β_s² (from −log(1 − β) − β ≤ β² for β ≤ ½) plus the Riemann-sum
+    error of a monotone β, at most 2·max β."""
+    from ddpmkit.schedules import ContinuousSchedule
+
+    T = 1000
+    sched = make_schedule(name, T)
+    discrete = sched.alphas_cumprod.numpy()
+    tau = torch.arange(1, T + 1, dtype=torch.float64) / T
+    continuous = ContinuousSchedule(name).alpha_bar(tau).numpy()
+    betas = sched.betas.numpy()
+    if name == "cosine":  # defined through ᾱ(t/T) itself: equal up to the clipped last step
+        np.testing.assert_allclose(continuous[:-1], discrete[:-1], rtol=1e-9)
+    else:
+        bound = np.cumsum(betas**2) + 2 * betas.max()
+        assert np.all(np.abs(np.log(continuous) - np.log(discrete)) <= bound)
+        assert np.abs(np.log(continuous) - np.log(discrete)).max() > 1e-3  # not trivially equal
+    # with a thousand steps the discretisation reproduces the continuous ᾱ(t/T) exactly
+    again = ContinuousSchedule(name).discretize(T).alphas_cumprod.numpy()
+    np.testing.assert_allclose(again[:-1], continuous[:-1], rtol=1e-9)
+
+
+def test_signal_rates_bound_alpha_bar_and_match_the_ddim_write_up():
+    from ddpmkit.schedules import ContinuousSchedule
+
+    sched = ContinuousSchedule("cosine", min_signal_rate=0.02, max_signal_rate=0.95)
+    tau = torch.linspace(0, 1, 101, dtype=torch.float64)
+    rates = torch.sqrt(sched.alpha_bar(tau))
+    assert rates[0].item() == pytest.approx(0.95, rel=1e-12)
+    assert rates[-1].item() == pytest.approx(0.02, rel=1e-12)
+    start, end = math.acos(0.95), math.acos(0.02)
+    expected = torch.cos(start + tau * (end - start))  # diffusion_schedule of the write-up
+    torch.testing.assert_close(rates, expected, rtol=1e-12, atol=1e-12)
+    for name in ("linear", "sigmoid"):
+        r = torch.sqrt(ContinuousSchedule(name, 0.02, 0.95).alpha_bar(tau))
+        assert r[0].item() == pytest.approx(0.95) and r[-1].item() == pytest.approx(0.02)
+        assert bool((r[1:] < r[:-1]).all())
+    any_steps = sched.discretize(37)
+    assert any_steps.num_steps == 37
+    assert any_steps.alphas_cumprod[-1].item() == pytest.approx(0.02**2, rel=1e-9)
+
+
+def test_continuous_schedule_errors():
+    from ddpmkit.schedules import ContinuousSchedule
+
+    with pytest.raises(ConfigError, match="both"):
+        ContinuousSchedule("cosine", min_signal_rate=0.1)
+    with pytest.raises(ConfigError, match="0 < min_signal_rate"):
+        ContinuousSchedule("cosine", 0.9, 0.5)
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        ContinuousSchedule("nope")
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        ContinuousSchedule().alpha_bar(1.5)

@@ -89,12 +89,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     rng_state: torch.Tensor,
     state: TrainingState,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write the whole run state; ``state.json`` goes last and names the step of every file."""
+    """Write the whole run state; ``state.json`` goes last and names the step of every file.
+    ``extra`` tensors (e.g. the importance sampler's loss history) go with the optimizer."""
     step_meta = {"step": str(state.step)}
     atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
     opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
     opt_tensors["rng.train"] = rng_state
+    for name, tensor in (extra or {}).items():
+        opt_tensors[f"extra.{name}"] = tensor
     atomic_save_tensors(run_dir / OPTIMIZER_FILE, opt_tensors, {**step_meta, "optimizer": opt_meta})
     atomic_save_tensors(run_dir / MODEL_FILE, _state_dict_tensors(model), step_meta)
     atomic_save_tensors(run_dir / EMA_FILE, _state_dict_tensors(ema), step_meta)
@@ -198,3 +202,12 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
+
+
+def load_extra_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The ``extra`` tensors saved with the optimizer (empty for runs that have none)."""
+    path = run_dir / OPTIMIZER_FILE
+    if not path.is_file():
+        return {}
+    tensors = load_file(str(path))
+    return {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}

@@ -22,6 +22,7 @@ from ddpmkit.diffusion import DiffusionConfig
 from ddpmkit.errors import ConfigError
 from ddpmkit.nn.unet import UNetConfig
 from ddpmkit.samplers import SAMPLERS
+from ddpmkit.timesteps import TIMESTEP_SAMPLERS
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -40,11 +41,12 @@ class TrainConfig:
     adam_beta2: float = 0.999
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split among them)
+    timestep_sampler: str = "uniform"  # or "loss_second_moment" (importance sampling of t)
     ema_decay: float = 0.995
     ema_warmup: bool = True  # decay_k = min(decay, (1 + k)/(10 + k)) so early averages forget fast
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
-    amp: bool = False  # bfloat16 autocast on CUDA
+    amp: bool = False  # bfloat16 autocast where fast (CUDA; CPUs with AVX-512 BF16 or AMX)
     log_every: int = 50
     sample_every: int = 1000  # 0: only at the end
     checkpoint_every: int = 1000  # 0: only at the end
@@ -63,6 +65,11 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown train.lr_schedule '{self.lr_schedule}': choose one of "
                 + ", ".join(LR_SCHEDULES)
+            )
+        if self.timestep_sampler not in TIMESTEP_SAMPLERS:
+            raise ConfigError(
+                f"unknown train.timestep_sampler '{self.timestep_sampler}': choose one of "
+                + ", ".join(TIMESTEP_SAMPLERS)
             )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")

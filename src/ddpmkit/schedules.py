@@ -168,3 +168,85 @@ def make_schedule(name: str, num_steps: int) -> Schedule:
             f"the number of diffusion steps must be an integer >= 1, got {num_steps!r}"
         )
     return Schedule(name=name, betas=_BETA_FUNCTIONS[name](num_steps))
+
+
+# ---------------------------------------------------------------------- continuous time
+def _log_alpha_bar_continuous(name: str, tau: torch.Tensor) -> torch.Tensor:
+    """log ᾱ(τ) = −∫₀^τ β(u) du for the continuous limit of each schedule (β(u) = T·β_t at
+    u = t/T with Ho et al.'s 1000/T scaling), τ ∈ [0, 1]."""
+    b0, b1 = 1000 * _BETA_START, 1000 * _BETA_END  # 0.1 and 20, as in the VP SDE
+    if name == "linear":
+        return -(b0 * tau + 0.5 * (b1 - b0) * tau**2)
+    if name == "quadratic":
+        a, b = math.sqrt(b0), math.sqrt(b1) - math.sqrt(b0)
+        return -(a * a * tau + a * b * tau**2 + b * b * tau**3 / 3)
+    if name == "sigmoid":
+        # β(u) = b0 + (b1 − b0)·σ(12u − 6); ∫σ(12u − 6) du = softplus(12u − 6)/12
+        softplus = torch.nn.functional.softplus
+        integral = (softplus(12 * tau - 6) - softplus(torch.full_like(tau, -6.0))) / 12
+        return -(b0 * tau + (b1 - b0) * integral)
+    if name == "cosine":
+        return torch.log(cosine_alpha_bar(tau))
+    raise ConfigError(f"unknown schedule '{name}': choose one of {', '.join(SCHEDULE_NAMES)}")
+
+
+@dataclass(frozen=True)
+class ContinuousSchedule:
+    """ᾱ as a function of diffusion time τ ∈ [0, 1], optionally confined to signal rates
+    √ᾱ ∈ [min_signal_rate, max_signal_rate] (the DDIM write-up's diffusion_schedule).
+
+    With rates given, the schedule's angle φ(τ) (see :meth:`_angle`) is mapped affinely from
+    [φ(0), φ(1)] onto [arccos max_rate, arccos min_rate]; the cosine schedule's angle is linear
+    in τ, so it becomes exactly the write-up's ᾱ(τ) = cos²(arccos max + τ(arccos min − arccos max)).
+    Any number of steps can then be taken: :meth:`discretize` gives a :class:`Schedule`.
+    """
+
+    name: str = "cosine"
+    min_signal_rate: float | None = None
+    max_signal_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULE_NAMES:
+            raise ConfigError(
+                f"unknown schedule '{self.name}': choose one of {', '.join(SCHEDULE_NAMES)}"
+            )
+        rates = (self.min_signal_rate, self.max_signal_rate)
+        if (rates[0] is None) != (rates[1] is None):
+            raise ConfigError("give both min_signal_rate and max_signal_rate, or neither")
+        if rates[0] is not None and not 0 < rates[0] < rates[1] < 1:
+            raise ConfigError("signal rates must satisfy 0 < min_signal_rate < max_signal_rate < 1")
+
+    def alpha_bar(self, tau: torch.Tensor | float) -> torch.Tensor:
+        """ᾱ(τ) in float64."""
+        tau = torch.as_tensor(tau, dtype=torch.float64)
+        if tau.min() < 0 or tau.max() > 1:
+            raise ConfigError("diffusion time τ must lie in [0, 1]")
+        alpha_bar = torch.exp(_log_alpha_bar_continuous(self.name, tau))
+        if self.min_signal_rate is None:
+            return alpha_bar
+        ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        angle, end_angles = self._angle(tau, alpha_bar), self._angle(ends, None)
+        fraction = (angle - end_angles[0]) / (end_angles[1] - end_angles[0])
+        start, stop = math.acos(self.max_signal_rate), math.acos(self.min_signal_rate)
+        return torch.cos(start + fraction * (stop - start)) ** 2
+
+    def _angle(self, tau: torch.Tensor, alpha_bar: torch.Tensor | None) -> torch.Tensor:
+        """φ(τ) with √ᾱ ∝ cos φ: the cosine schedule's own angle (τ + s)/(1 + s)·π/2, linear in
+        τ; arccos √ᾱ(τ) for the others."""
+        if self.name == "cosine":
+            return (tau + _COSINE_OFFSET) / (1 + _COSINE_OFFSET) * math.pi / 2
+        if alpha_bar is None:
+            alpha_bar = torch.exp(_log_alpha_bar_continuous(self.name, tau))
+        return torch.arccos(torch.sqrt(alpha_bar).clamp(0, 1))
+
+    def discretize(self, num_steps: int) -> Schedule:
+        """The T-step schedule with ᾱ_t = ᾱ(t/T), t = 1..T: β_t = 1 − ᾱ(t/T)/ᾱ((t−1)/T) with
+        ᾱ_0 = 1 (clean data; with signal rates the first step jumps to ᾱ(1/T) < max_rate²),
+        clipped at 0.999 as for the cosine schedule."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ConfigError(f"the number of steps must be an integer >= 1, got {num_steps!r}")
+        tau = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+        alpha_bar = self.alpha_bar(tau)
+        previous = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[1:-1]])
+        betas = torch.clamp(1 - alpha_bar[1:] / previous, max=_MAX_BETA)
+        return Schedule(name=f"{self.name}-continuous", betas=betas)

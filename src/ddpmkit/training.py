@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError, DataError, DdpmkitError, RunDirError
 from ddpmkit.generate import SampleRequest, generate, resolve_device
 from ddpmkit.nn import UNet
+from ddpmkit.timesteps import LossSecondMomentSampler, make_timestep_sampler
 from ddpmkit.viz import save_grid
 
 TIMESTEP_BUCKETS = 4  # loss is also logged per quartile of t
@@ -124,6 +126,19 @@ def _set_global_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.set_rng_state(state)
 
 
+def bf16_autocast_supported(device: torch.device) -> bool:
+    """Whether bfloat16 autocast pays off: CUDA GPUs with bf16, CPUs whose oneDNN has bf16
+    kernels (AVX-512 BF16 or AMX); elsewhere it would emulate bf16 slowly."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -197,6 +212,11 @@ class Trainer:
             self.model = UNet(config.model).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = GaussianDiffusion.from_config(config.diffusion)
+        self.timestep_sampler = (
+            None
+            if tc.timestep_sampler == "uniform"
+            else make_timestep_sampler(tc.timestep_sampler, self.diffusion.num_steps)
+        )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=tc.lr,
@@ -212,6 +232,13 @@ class Trainer:
             ckpt.load_weights(self.run_dir, self.model, "model")
             ckpt.load_weights(self.run_dir, self.ema, "ema")
             rng = ckpt.load_optimizer(self.run_dir, self.optimizer)
+            extra = ckpt.load_extra_tensors(self.run_dir)
+            if isinstance(self.timestep_sampler, LossSecondMomentSampler) and (
+                "timesteps.losses" in extra
+            ):
+                self.timestep_sampler.load_state_tensors(
+                    {k.removeprefix("timesteps."): v for k, v in extra.items()}
+                )
             if self.rank == 0:
                 self._set_rng_state(rng)
             else:  # only rank 0's generators are saved: give the others fresh, distinct streams
@@ -302,6 +329,18 @@ class Trainer:
             batch = random_hflip(batch, self.data_gen)
         return batch
 
+    def _update_timestep_sampler(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Feed the importance sampler every process's (t, loss) pairs, so all ranks agree."""
+        if self.world > 1:
+            ts, ls = (
+                [torch.empty_like(t) for _ in range(self.world)],
+                [torch.empty_like(losses) for _ in range(self.world)],
+            )
+            dist.all_gather(ts, t)
+            dist.all_gather(ls, losses)
+            t, losses = torch.cat(ts), torch.cat(ls)
+        self.timestep_sampler.update(t, losses)
+
     def _save(self, step: int, elapsed: float) -> None:
         if not self.is_main:
             return
@@ -313,7 +352,13 @@ class Trainer:
             self.optimizer,
             self._rng_state(),
             ckpt.TrainingState(step=step, elapsed_s=elapsed),
+            extra=self._timestep_sampler_state(),
         )
+
+    def _timestep_sampler_state(self) -> dict[str, torch.Tensor]:
+        if isinstance(self.timestep_sampler, LossSecondMomentSampler):
+            return {f"timesteps.{k}": v for k, v in self.timestep_sampler.state_tensors().items()}
+        return {}
 
     def sample_grid(self, step: int) -> Path | None:
         """Sample the configured grid from the EMA weights and write samples/step_NNNNNN.png."""
@@ -359,7 +404,12 @@ class Trainer:
         bucket_count = torch.zeros(TIMESTEP_BUCKETS, dtype=torch.float64)
         paused = 0.0  # time spent on grids and checkpoints, left out of images/s
         smoothed, last_loss, grid_path = None, float("nan"), None
-        autocast = self.config.train.amp and self.device.type == "cuda"
+        autocast = self.config.train.amp and bf16_autocast_supported(self.device)
+        if self.config.train.amp and not autocast and self.is_main:
+            warnings.warn(
+                f"train.amp: {self.device} has no fast bfloat16 support; training in float32",
+                stacklevel=2,
+            )
         self.model.train()
         try:
             while step < tc.steps:
@@ -369,10 +419,17 @@ class Trainer:
                 step_loss = 0.0
                 for _ in range(tc.grad_accum):
                     x0 = self._next_batch(micro)
+                    t, weights = None, None
+                    if self.timestep_sampler is not None:
+                        t, weights = self.timestep_sampler.sample(
+                            micro, self.device, self.noise_gen
+                        )
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                         out = self.diffusion.training_loss(
-                            self.train_model, x0, generator=self.noise_gen
+                            self.train_model, x0, t=t, generator=self.noise_gen, weights=weights
                         )
+                    if self.timestep_sampler is not None:
+                        self._update_timestep_sampler(out.t, out.per_example.detach())
                     (out.loss / tc.grad_accum).backward()
                     step_loss += out.loss.item() / tc.grad_accum
                     buckets = (out.t * TIMESTEP_BUCKETS // self.diffusion.num_steps).cpu()
