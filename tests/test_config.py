@@ -304,3 +304,23 @@ def test_config_from_dict_is_strict_about_json_types():
         config_from_dict({"train": 5})
     with pytest.raises(ConfigError, match="unknown config section 'extra'"):
         config_from_dict({"extra": {}})
+
+
+def test_shipped_digits_config_is_the_default_recipe():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    assert resolve_config(root / "configs" / "digits.toml") == RunConfig()
+
+
+def test_shipped_cifar10_config_is_the_paper_recipe():
+    from pathlib import Path
+
+    from ddpmkit.nn import UNet
+
+    root = Path(__file__).resolve().parent.parent
+    config = resolve_config(root / "configs" / "cifar10_ddpm.toml")
+    assert UNet(config.model).num_parameters() == 35_746_307  # Ho et al.: 35.7M
+    assert (config.train.lr, config.train.batch_size, config.train.ema_decay) == (2e-4, 128, 0.9999)
+    assert config.data.random_flip and config.model.dropout == 0.1
+    assert (config.diffusion.schedule, config.diffusion.num_steps) == ("linear", 1000)

@@ -31,8 +31,8 @@ LR_SCHEDULES = ("constant", "cosine")
 class TrainConfig:
     """The optimisation loop (Ho et al. 2020, Appendix B, for the paper's values)."""
 
-    steps: int = 4000
-    batch_size: int = 128
+    steps: int = 2800
+    batch_size: int = 64
     lr: float = 2e-3
     lr_schedule: str = "cosine"  # after warm-up: "constant" (Ho et al.) or cosine decay to 0
     warmup_steps: int = 200
@@ -46,7 +46,7 @@ class TrainConfig:
     ema_warmup: bool = True  # decay_k = min(decay, (1 + k)/(10 + k)) so early averages forget fast
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
-    amp: bool = False  # bfloat16 autocast where fast (CUDA; CPUs with AVX-512 BF16 or AMX)
+    amp: bool = True  # bfloat16 autocast where fast (CUDA; CPUs with AVX-512 BF16 or AMX)
     log_every: int = 50
     sample_every: int = 1000  # 0: only at the end
     checkpoint_every: int = 1000  # 0: only at the end
@@ -90,8 +90,8 @@ class SampleConfig:
     """The sample grids written during and after training."""
 
     num_samples: int = 64
-    sampler: str = "ddpm"
-    steps: int | None = None  # None: every step for ddpm, 50 for ddim
+    sampler: str = "ddim"  # 100 DDIM steps: as good as 1000 ancestral ones on digits, 10x faster
+    steps: int | None = 100  # None: every step for ddpm, 50 for ddim
     eta: float = 0.0
     clip_x0: bool = True
 
@@ -109,7 +109,7 @@ class SampleConfig:
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    model: UNetConfig = field(default_factory=UNetConfig)
+    model: UNetConfig = field(default_factory=lambda: UNetConfig(blocks_per_resolution=1))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -225,7 +225,8 @@ def _build_section(name: str, values: dict[str, Any], from_text: bool = False) -
                 f"unknown key '{name}.{key}': valid keys are {', '.join(sorted(init_fields))}"
             )
         kwargs[key] = _coerce(value, types_by_field[key], f"{name}.{key}", from_text)
-    return cls(**kwargs)
+    # start from the run's default section (the digits recipe), not the section class's defaults
+    return dataclasses.replace(getattr(RunConfig(), name), **kwargs)
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
