@@ -25,6 +25,18 @@ EXAMPLES = """examples:
 """
 
 
+def _add_run_loading_options(parser: argparse.ArgumentParser) -> None:
+    """--weights, --device and --no-progress of the commands that load a trained run."""
+    parser.add_argument(
+        "--weights",
+        default="ema",
+        choices=["ema", "model"],
+        help="which weights to use (default ema)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm",
@@ -91,15 +103,8 @@ def _build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--out", metavar="GRID.png", help="grid path (default RUN_DIR/samples/...)")
     samp.add_argument("--gif", metavar="FILE.gif", help="also write a GIF of the denoising")
     samp.add_argument("--npz", metavar="FILE.npz", help="also write the images as uint8 NHWC")
-    samp.add_argument(
-        "--weights",
-        default="ema",
-        choices=["ema", "model"],
-        help="which weights to use (default ema)",
-    )
     samp.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 to [-1, 1]")
-    samp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    samp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_run_loading_options(samp)
 
     nll = sub.add_parser(
         "nll",
@@ -114,14 +119,7 @@ def _build_parser() -> argparse.ArgumentParser:
     nll.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     nll.add_argument("--seed", type=int, default=0, help="seed for the subset and noise")
     nll.add_argument("--out", metavar="FILE.json", help="JSON path (default RUN_DIR/nll.json)")
-    nll.add_argument(
-        "--weights",
-        default="ema",
-        choices=["ema", "model"],
-        help="which weights to use (default ema)",
-    )
-    nll.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    nll.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_run_loading_options(nll)
 
     fwd = sub.add_parser(
         "forward",
