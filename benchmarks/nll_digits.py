@@ -29,16 +29,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", default="/tmp/nll_digits")
     args = parser.parse_args()
-    print("| model | steps | NLL untrained (bits/dim) | NLL trained | prior | decoder | KL terms "
-          "| train s | NLL s |")
+    print(
+        "| model | steps | NLL untrained (bits/dim) | NLL trained | prior | decoder | KL terms "
+        "| train s | NLL s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, overrides in VARIANTS.items():
         run_dir = Path(args.out) / name.split(",")[0].replace(" ", "_")
-        config = resolve_config(None, [*overrides, f"train.steps={args.steps}",
-                                       "train.sample_every=0", "train.checkpoint_every=0"])
+        config = resolve_config(
+            None,
+            [
+                *overrides,
+                f"train.steps={args.steps}",
+                "train.sample_every=0",
+                "train.checkpoint_every=0",
+            ],
+        )
         trainer = Trainer(config, run_dir, progress=False)
-        untrained = LoadedRun(config, copy.deepcopy(trainer.model).eval(), trainer.diffusion, 0,
-                              trainer.device)
+        untrained = LoadedRun(
+            config, copy.deepcopy(trainer.model).eval(), trainer.diffusion, 0, trainer.device
+        )
         before = evaluate_nll(untrained, n=args.n, batch_size=args.batch, progress=False)
         started = time.perf_counter()
         trainer.train()
@@ -47,10 +57,12 @@ def main() -> None:
         started = time.perf_counter()
         after = evaluate_nll(trained, n=args.n, batch_size=args.batch, progress=False)
         nll_s = time.perf_counter() - started
-        print(f"| {name} | {args.steps} | {before.bits_per_dim:.3f} ± {before.ci95:.3f} | "
-              f"{after.bits_per_dim:.3f} ± {after.ci95:.3f} | {after.prior:.4f} | "
-              f"{after.decoder:.3f} | {after.kl_sum:.3f} | {train_s:.0f} | {nll_s:.0f} |",
-              flush=True)
+        print(
+            f"| {name} | {args.steps} | {before.bits_per_dim:.3f} ± {before.ci95:.3f} | "
+            f"{after.bits_per_dim:.3f} ± {after.ci95:.3f} | {after.prior:.4f} | "
+            f"{after.decoder:.3f} | {after.kl_sum:.3f} | {train_s:.0f} | {nll_s:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,10 @@ def main() -> None:
     device = torch.device(args.device)
     cpu_batches = {"digits": [32, 128, 256], "cifar10_ddpm": [8, 32]}
     gpu_batches = {"digits": [128, 512], "cifar10_ddpm": [128]}
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"device {device}, threads {torch.get_num_threads()}, amp {args.amp}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"device {device}, threads {torch.get_num_threads()}, amp {args.amp}"
+    )
     print("| config | params | batch | train img/s | GFLOP/s | s/step | sample calls img/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.configs.split(","):
@@ -92,12 +94,20 @@ def main() -> None:
         for batch in batches:
             shape = (batch, channels, size, size)
             rate, gflops, seconds = train_step_rate(
-                model.train(), diffusion, shape, device, warmup=2, repeats=args.repeats,
+                model.train(),
+                diffusion,
+                shape,
+                device,
+                warmup=2,
+                repeats=args.repeats,
                 amp=args.amp,
             )
             sample_rate = sample_call_rate(model.eval(), shape, device, args.repeats, args.amp)
-            print(f"| {name} | {model.num_parameters() / 1e6:.2f}M | {batch} | {rate:.1f} | "
-                  f"{gflops:.1f} | {seconds:.3f} | {sample_rate:.1f} |", flush=True)
+            print(
+                f"| {name} | {model.num_parameters() / 1e6:.2f}M | {batch} | {rate:.1f} | "
+                f"{gflops:.1f} | {seconds:.3f} | {sample_rate:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def test_every_command_is_listed(capsys):
-    assert set(subparsers()) == {"train", "sample", "forward"}
+    assert set(subparsers()) == {"train", "sample", "nll", "forward"}
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0

@@ -91,7 +91,7 @@ class SampleConfig:
 
     num_samples: int = 64
     sampler: str = "ddim"  # 100 DDIM steps: as good as 1000 ancestral ones on digits, 10x faster
-    steps: int | None = 100  # None: every step for ddpm, 50 for ddim
+    steps: int | None = 100  # capped at T; None: every step for ddpm, 50 for ddim
     eta: float = 0.0
     clip_x0: bool = True
 

@@ -368,7 +368,8 @@ class Trainer:
         request = SampleRequest(
             n=sc.num_samples,
             sampler=sc.sampler,
-            steps=sc.steps,
+            # the grid's step count is capped at the model's T (the default 100 exceeds a short T)
+            steps=None if sc.steps is None else min(sc.steps, self.diffusion.num_steps),
             eta=sc.eta,
             clip_x0=sc.clip_x0,
             seed=self.config.train.seed,
