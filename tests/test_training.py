@@ -275,7 +275,7 @@ def test_ctrl_c_saves_a_checkpoint_of_the_current_step(shapes_npz, tmp_path, mon
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends itself a POSIX SIGINT")
-def test_resumed_training_is_reproducible(shapes_npz, tmp_path, monkeypatch):
+def test_resumed_training_is_reproducible(shapes_npz, tmp_path, monkeypatch, request):
     """Uninterrupted vs. interrupted by a real SIGINT and resumed: the same losses and weights.
 
     The interrupt arrives while the optimizer and EMA are being updated, in the middle of an
@@ -302,6 +302,10 @@ def test_resumed_training_is_reproducible(shapes_npz, tmp_path, monkeypatch):
         real_update(ema, model, decay)
 
     monkeypatch.setattr(training, "update_ema", sigint_during_step_10)
+    # a process started in the background (CI, nohup, `&`) inherits SIGINT as ignored: give this
+    # test the interactive Ctrl-C behaviour it is about, and put the inherited one back after
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
     handler = signal.getsignal(signal.SIGINT)
     run = tmp_path / "c"
     with pytest.raises(TrainingInterrupted) as info:
