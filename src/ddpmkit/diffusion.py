@@ -27,6 +27,16 @@ LOSSES = ("l2", "l1", "huber", "hybrid", "kl")
 LEARNED_VARIANCES = ("learned", "learned_range")
 
 
+def normal_like(
+    shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor
+) -> torch.Tensor:
+    """Standard normal noise drawn from ``generator`` on its own device (so a CPU generator gives
+    the same numbers whatever the data's device), returned with ``like``'s device and dtype."""
+    device = generator.device if generator is not None else like.device
+    noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype)
+    return noise.to(like.device)
+
+
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {kind} '{value}': choose one of {', '.join(choices)}")
@@ -385,9 +395,8 @@ class GaussianDiffusion:
             range(self.num_steps - 1, -1, -1), desc="bound", disable=not progress, leave=False
         ):
             t = torch.full((batch,), i, dtype=torch.long, device=x0.device)
-            gen_device = generator.device if generator is not None else x0.device
-            noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype)
-            x_t = self.q_sample(x0, t, noise.to(x0.device))
+            noise = normal_like(x0.shape, generator, x0)
+            x_t = self.q_sample(x0, t, noise)
             step = self.reverse_step(model(x_t, t), x_t, t, clip_x0=clip_x0)
             terms[:, i] = self.vb_terms(step, x0, x_t, t).double() * to_bits
         prior = self.prior_kl(x0).double() * to_bits
@@ -452,9 +461,7 @@ class GaussianDiffusion:
             t = self.sample_timesteps(batch, x0.device, generator)
         t = self._check_t(t, batch)
         if noise is None:
-            gen_device = generator.device if generator is not None else x0.device
-            noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype)
-            noise = noise.to(x0.device)
+            noise = normal_like(x0.shape, generator, x0)
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, t)
         prediction, _ = self.split_output(output, x_t)

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ddpmkit.diffusion import GaussianDiffusion, Model, spaced_timesteps, wrap_respaced
+from ddpmkit.diffusion import (
+    GaussianDiffusion,
+    Model,
+    normal_like,
+    spaced_timesteps,
+    wrap_respaced,
+)
 from ddpmkit.errors import ConfigError
 
 SAMPLERS = ("ddpm", "ddim")
@@ -33,14 +39,6 @@ class SamplerStep:
 Callback = Callable[[SamplerStep], None]
 
 
-def _randn(
-    shape: Sequence[int], generator: torch.Generator | None, like: torch.Tensor
-) -> torch.Tensor:
-    gen_device = generator.device if generator is not None else like.device
-    noise = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=like.dtype)
-    return noise.to(like.device)
-
-
 def _ddpm_step(
     diffusion: GaussianDiffusion,
     model: Model,
@@ -54,7 +52,7 @@ def _ddpm_step(
     step = diffusion.p_mean_variance(model, x, t, clip_x0)
     if i == 0:
         return step.mean, step.x0
-    noise = _randn(x.shape, generator, x)
+    noise = normal_like(x.shape, generator, x)
     return step.mean + torch.exp(0.5 * step.log_variance) * noise, step.x0
 
 
@@ -81,7 +79,7 @@ def _ddim_step(
     direction = torch.sqrt((1 - alpha_bar_prev - sigma**2).clamp(min=0.0)) * pred.eps
     x_prev = torch.sqrt(alpha_bar_prev) * pred.x0 + direction
     if eta > 0 and i > 0:
-        x_prev = x_prev + sigma * _randn(x.shape, generator, x)
+        x_prev = x_prev + sigma * normal_like(x.shape, generator, x)
     return x_prev, pred.x0
 
 
@@ -126,7 +124,7 @@ def sample(
         device = x_T.device if x_T is not None else torch.device("cpu")
     device = torch.device(device)
     if x_T is None:
-        x = _randn(shape, generator, torch.empty((), device=device, dtype=dtype))
+        x = normal_like(shape, generator, torch.empty((), device=device, dtype=dtype))
     else:
         x = x_T.to(device=device, dtype=dtype)
 
