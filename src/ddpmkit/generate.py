@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,6 @@ def write_outputs(
     if gif is not None:
         written.append(save_gif(result.frames, gif, nrow))
     if npz is not None:
-        import io
-
         array = to_uint8(result.images).permute(0, 2, 3, 1).numpy()
         buffer = io.BytesIO()
         np.savez(buffer, arr_0=array)

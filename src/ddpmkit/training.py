@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import os
 import signal
@@ -297,7 +298,6 @@ class Trainer:
         path = self.run_dir / ckpt.METRICS_FILE
         if not path.is_file() or not self.is_main:
             return
-        import json
 
         def step_of(line: str) -> int:
             try:
