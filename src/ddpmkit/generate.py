@@ -17,7 +17,7 @@ from ddpmkit.diffusion import GaussianDiffusion, spaced_timesteps
 from ddpmkit.errors import ConfigError
 from ddpmkit.fileio import atomic_write_bytes
 from ddpmkit.nn import UNet
-from ddpmkit.samplers import SAMPLERS, SamplerStep, sample
+from ddpmkit.samplers import SamplerStep, check_sampler, sample
 from ddpmkit.viz import save_gif, save_grid, to_uint8
 
 
@@ -88,12 +88,7 @@ def generate(
     if request.n < 1 or request.batch_size < 1:
         raise ConfigError("the number of samples and the batch size must be >= 1")
     # check the request before any work or progress bar
-    if request.sampler not in SAMPLERS:
-        raise ConfigError(
-            f"unknown sampler '{request.sampler}': choose one of {', '.join(SAMPLERS)}"
-        )
-    if request.eta < 0:
-        raise ConfigError(f"eta must be >= 0, got {request.eta}")
+    check_sampler(request.sampler, request.eta)
     if request.steps is not None:
         spaced_timesteps(diffusion.num_steps, request.steps)
     images, frames = [], []
