@@ -1,0 +1,451 @@
+"""Feature extractors for FID / KID / precision-recall, behind one interface.
+
+An extractor maps uint8 images ``(N, C, H, W)`` (C ∈ {1, 3}, any square size) to float32
+features ``(N, dims)`` on the CPU. Two are available (:data:`EXTRACTORS`):
+
+``digits``
+    The penultimate layer (128-d, after its ReLU) of a small CNN trained on scikit-learn's digits
+    at 16×16; weights ship with the package (``weights/digits_cnn.safetensors``), with the
+    classifier's held-out accuracy in their metadata. Preprocessing (gray, resize to 16×16,
+    scaling) is in :mod:`ddpmkit.metrics.digits_cnn`. Numbers computed with it are comparable
+    only with numbers computed with the same weights (see ``fingerprint``), not with published
+    FIDs.
+``inception``
+    The standard FID Inception-v3 (TensorFlow weights of 2015-12-05, 2048-d pool features)
+    through torch-fidelity (``pip install "ddpmkit[inception]"``, which needs torchvision).
+    Weights are never downloaded: they are read from ``weights=`` or from torch-fidelity's cache
+    file, and checked to hold nothing but tensors (``torch.load(weights_only=True)``) before
+    torch-fidelity loads them. torch-fidelity resizes every image to 299×299 (TensorFlow-1.x
+    compatible bilinear), so the numbers match the reference FID implementation.
+
+``fingerprint`` (16 hex digits) hashes the weights together with a preprocessing version
+string: cached reference statistics are valid only for the same fingerprint. For ``digits`` the
+hash runs over the tensors (names, dtypes, shapes, bytes), not over the file, because safetensors
+writes the metadata in no fixed order; for ``inception`` over the file's bytes (one official file)
+and torch-fidelity's version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import warnings
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ddpmkit.errors import ConfigError
+from ddpmkit.metrics.digits_cnn import PREPROCESS_VERSION, DigitsCNN, preprocess
+
+__all__ = [
+    "DIGITS_WEIGHTS_PATH",
+    "EXTRACTORS",
+    "INCEPTION_WEIGHTS_URL",
+    "DigitsExtractor",
+    "FeatureExtractor",
+    "InceptionExtractor",
+    "check_images",
+    "default_inception_weights_path",
+    "extract_features",
+    "load_extractor",
+]
+
+EXTRACTORS = ("digits", "inception")
+
+_DIGITS_WEIGHTS = "weights/digits_cnn.safetensors"
+DIGITS_WEIGHTS_PATH = Path(__file__).parent / _DIGITS_WEIGHTS
+"""Where the shipped digits weights live (the training script's default output)."""
+
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
+)
+INCEPTION_PREPROCESS_VERSION = "inception-pre-v1: torch-fidelity inception-v3-compat, '2048'"
+_INCEPTION_DIMS = 2048
+_INSTALL_HINT = 'pip install "ddpmkit[inception]"'
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """What FID/KID code needs: a name, a feature size, a fingerprint and a call."""
+
+    name: str
+    dims: int
+    fingerprint: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, C, H, W)``, C ∈ {1, 3}, H == W → float32 ``(N, dims)`` on the CPU."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+
+
+def check_images(images: object) -> None:
+    """Raise :class:`ConfigError` unless ``images`` is uint8 ``(N, C, S, S)`` with C in {1, 3}."""
+    if not isinstance(images, torch.Tensor):
+        hint = (
+            ": use torch.from_numpy(a).permute(0, 3, 1, 2) for an (N, H, W, C) array"
+            if isinstance(images, np.ndarray)
+            else ""
+        )
+        raise ConfigError(
+            f"feature extractors take a torch.Tensor of images, got {type(images).__name__}{hint}"
+        )
+    shape = tuple(images.shape)
+    if images.dtype != torch.uint8:
+        raise ConfigError(
+            f"feature extractors take uint8 images (levels 0..255), got {images.dtype}: convert "
+            "[-1, 1] floats with ddpmkit.data.to_uint8"
+        )
+    if images.ndim != 4:
+        raise ConfigError(
+            f"feature extractors take a batch of shape (N, C, H, W), got shape {shape}: "
+            "add the missing batch or channel dimension"
+        )
+    if shape[1] not in (1, 3):
+        raise ConfigError(
+            f"feature extractors take 1 (gray) or 3 (RGB) channels in dimension 1, got shape "
+            f"{shape}: permute (N, H, W, C) batches with .permute(0, 3, 1, 2)"
+        )
+    if shape[2] != shape[3] or shape[2] == 0:
+        raise ConfigError(
+            f"feature extractors take square, non-empty images, got shape {shape}: "
+            "center-crop them first"
+        )
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda' ({e})") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())  # one line
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of ``tensors``, in name order.
+
+    Not the file's bytes: safetensors writes the metadata in no fixed order, so two files with
+    the same weights and metadata can differ.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _short_hash(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# digits
+
+
+class DigitsExtractor:
+    """The ``digits`` extractor: penultimate features of :class:`DigitsCNN`.
+
+    ``metadata`` is the weights file's metadata (strings); ``held_out_accuracy`` and
+    ``split_seed`` are read from it (``None`` when absent).
+    """
+
+    name = "digits"
+
+    def __init__(
+        self,
+        model: DigitsCNN,
+        *,
+        fingerprint: str,
+        metadata: Mapping[str, str],
+        device: torch.device,
+    ) -> None:
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.device = device
+        self.dims = model.feature_dim
+        self.fingerprint = fingerprint
+        self.metadata = dict(metadata)
+
+    @property
+    def held_out_accuracy(self) -> float | None:
+        value = self.metadata.get("held_out_accuracy")
+        return float(value) if value is not None else None
+
+    @property
+    def split_seed(self) -> int | None:
+        value = self.metadata.get("split_seed")
+        return int(value) if value is not None else None
+
+    def _run(self, images: torch.Tensor, logits: bool) -> torch.Tensor:
+        check_images(images)
+        out_dims = self.model.head.out_features if logits else self.dims
+        if images.shape[0] == 0:
+            return torch.empty((0, out_dims), dtype=torch.float32)
+        with torch.no_grad():
+            x = preprocess(images.to(self.device))
+            out = self.model(x) if logits else self.model.features(x)
+        return out.to(device="cpu", dtype=torch.float32)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Features ``(N, dims)``, float32 on the CPU."""
+        return self._run(images, logits=False)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(N, 10)`` (digits 0..9), float32 on the CPU."""
+        return self._run(images, logits=True)
+
+    def __repr__(self) -> str:
+        acc = self.held_out_accuracy
+        acc_text = f", held-out accuracy {acc:.4f}" if acc is not None else ""
+        return f"DigitsExtractor(dims={self.dims}, fingerprint={self.fingerprint}{acc_text})"
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file given as bytes (already validated)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def _load_digits(weights: str | Path | None, device: torch.device) -> DigitsExtractor:
+    from safetensors.torch import load as load_safetensors
+
+    if weights is None:
+        where = f"the shipped {_DIGITS_WEIGHTS}"
+        try:
+            data = resources.files(__package__).joinpath(_DIGITS_WEIGHTS).read_bytes()
+        except OSError as e:  # pragma: no cover - a broken installation
+            raise ConfigError(
+                f"cannot read {where} ({_reason(e)}): reinstall ddpmkit or retrain with "
+                "tools/train_digits_classifier.py"
+            ) from None
+    else:
+        path = Path(weights).expanduser()
+        where = f"'{path}'"
+        if not path.is_file():
+            raise ConfigError(f"digits weights file '{path}' not found: give a .safetensors file")
+        data = path.read_bytes()
+    try:
+        tensors = load_safetensors(data)
+        metadata = _safetensors_metadata(data)
+    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a bad file
+        raise ConfigError(
+            f"{where} is not a readable safetensors file ({_reason(e)}): give the file written "
+            "by tools/train_digits_classifier.py"
+        ) from None
+    model = DigitsCNN()
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"{where} does not hold the digits CNN's weights ({_reason(e)}): give the file "
+            "written by tools/train_digits_classifier.py"
+        ) from None
+    return DigitsExtractor(
+        model,
+        fingerprint=_short_hash(_tensors_digest(tensors), PREPROCESS_VERSION),
+        metadata=metadata,
+        device=device,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# inception
+
+
+def default_inception_weights_path() -> Path:
+    """torch-fidelity's cache file: ``<torch.hub.get_dir()>/checkpoints/<file>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+
+
+class InceptionExtractor:
+    """The ``inception`` extractor: torch-fidelity's ``inception-v3-compat``, 2048-d features.
+
+    ``model`` is torch-fidelity's ``FeatureExtractorInceptionV3`` (uint8 3-channel input, any
+    size, returns a tuple whose first item is the ``(N, 2048)`` pool features); gray images are
+    replicated to 3 channels. ``weights_sha256`` is the full hash of the weights file.
+    """
+
+    name = "inception"
+    dims = _INCEPTION_DIMS
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        fingerprint: str,
+        weights_path: Path,
+        weights_sha256: str,
+        device: torch.device,
+    ) -> None:
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.device = device
+        self.fingerprint = fingerprint
+        self.weights_path = weights_path
+        self.weights_sha256 = weights_sha256
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Features ``(N, 2048)``, float32 on the CPU."""
+        check_images(images)
+        if images.shape[0] == 0:
+            return torch.empty((0, self.dims), dtype=torch.float32)
+        x = images.to(self.device)
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        with torch.no_grad():
+            out = self.model(x)
+        features = out[0] if isinstance(out, tuple | list) else out
+        return features.to(device="cpu", dtype=torch.float32)
+
+    def __repr__(self) -> str:
+        return f"InceptionExtractor(weights='{self.weights_path}', fingerprint={self.fingerprint})"
+
+
+def _inception_weights(weights: str | Path | None) -> Path:
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"inception weights file '{path}' not found: download {INCEPTION_WEIGHTS_URL} "
+                "and give its path"
+            )
+        return path
+    path = default_inception_weights_path()
+    if not path.is_file():
+        raise ConfigError(
+            f"no Inception-v3 FID weights: none given (weights=PATH) and none in torch-fidelity's "
+            f"cache '{path}'; nothing is downloaded automatically: fetch {INCEPTION_WEIGHTS_URL} "
+            "by hand and put it there or pass its path"
+        )
+    return path
+
+
+def _check_tensor_file(path: Path, data: bytes) -> None:
+    """Refuse anything but a mapping of names to tensors, without unpickling other objects."""
+    try:
+        with warnings.catch_warnings():  # e.g. "unsupported pickle protocol": refused anyway
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors alike mean "refused"
+        raise ConfigError(
+            f"refusing inception weights '{path}': it is corrupt or holds objects other than "
+            f"tensors ({_reason(e)}); download {INCEPTION_WEIGHTS_URL} again"
+        ) from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ConfigError(
+            f"inception weights '{path}' are not a state dict of named tensors "
+            f"(got {type(state).__name__}); download {INCEPTION_WEIGHTS_URL} again"
+        )
+
+
+def _load_inception(weights: str | Path | None, device: torch.device) -> InceptionExtractor:
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError as e:
+        raise ConfigError(
+            f"the inception extractor needs torch-fidelity (which needs torchvision): "
+            f"{_INSTALL_HINT} ({_reason(e)})"
+        ) from None
+
+    path = _inception_weights(weights)
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    _check_tensor_file(path, data)
+    del data
+    try:
+        # torch-fidelity reads the file again with weights_only=False; it was checked just above
+        model = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+        )
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"inception weights '{path}' do not fit torch-fidelity's Inception-v3 "
+            f"({_reason(e)}); download {INCEPTION_WEIGHTS_URL} again"
+        ) from None
+    version = getattr(sys.modules.get("torch_fidelity"), "__version__", "unknown")
+    return InceptionExtractor(
+        model,
+        fingerprint=_short_hash(sha, INCEPTION_PREPROCESS_VERSION, f"torch-fidelity {version}"),
+        weights_path=path,
+        weights_sha256=sha,
+        device=device,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+
+
+def load_extractor(
+    name: str, *, weights: str | Path | None = None, device: str | torch.device = "cpu"
+) -> FeatureExtractor:
+    """The extractor called ``name`` (one of :data:`EXTRACTORS`), on ``device``.
+
+    ``weights`` replaces the default weights: a ``.safetensors`` file for ``digits``, the
+    torch-fidelity ``.pth`` file for ``inception``. User errors raise :class:`ConfigError`.
+    """
+    if not isinstance(name, str) or name not in EXTRACTORS:
+        raise ConfigError(
+            f"unknown feature extractor {name!r}: choose one of {', '.join(EXTRACTORS)}"
+        )
+    dev = _device(device)
+    if name == "digits":
+        return _load_digits(weights, dev)
+    return _load_inception(weights, dev)
+
+
+def extract_features(
+    extractor: FeatureExtractor,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 500,
+    progress: bool = True,
+    desc: str = "features",
+) -> np.ndarray:
+    """Features of all ``images`` in batches of ``batch_size``: float64 ``(N, extractor.dims)``.
+
+    Runs under ``torch.inference_mode`` with a tqdm bar (``progress``) counting images.
+    """
+    check_images(images)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = int(images.shape[0])
+    out = np.empty((n, extractor.dims), dtype=np.float64)
+    with (
+        torch.inference_mode(),
+        tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar,
+    ):
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            feats = extractor(images[start:stop])
+            if tuple(feats.shape) != (stop - start, extractor.dims):
+                raise RuntimeError(
+                    f"extractor {extractor.name!r} returned shape {tuple(feats.shape)} for "
+                    f"{stop - start} images, expected ({stop - start}, {extractor.dims})"
+                )
+            out[start:stop] = feats.numpy()
+            bar.update(stop - start)
+    return out
