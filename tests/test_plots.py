@@ -1,0 +1,304 @@
+"""matplotlib figures (ddpmkit.plots) and the `ddpm plot` command."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import temp_files, tiny_config
+from ddpmkit import plots
+from ddpmkit.cli import main
+from ddpmkit.errors import ConfigError, RunDirError
+from ddpmkit.training import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+ALL = ["linear", "cosine", "quadratic", "sigmoid"]
+
+
+def assert_png(path: Path, min_colors: int = 8) -> tuple[int, int]:
+    """A readable, non-blank PNG; returns its size."""
+    assert path.is_file() and path.stat().st_size > 0
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG"
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape[0] > 50 and pixels.shape[1] > 50
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) >= min_colors  # not blank
+    assert temp_files(path.parent) == []
+    return image.size
+
+
+def eval_rows() -> list[dict]:
+    rows = []
+    for sampler, fid_at_10 in (("ddim", 30.0), ("dpm++", 12.0)):
+        for nfe in (10, 20, 50):
+            rows.append(
+                {
+                    "sampler": sampler,
+                    "steps": nfe,
+                    "nfe": nfe,
+                    "fid": fid_at_10 * 10 / nfe,
+                    "kid_mean": 0.01 * 10 / nfe,
+                    "kid_std": 0.001,
+                    "seconds": nfe / 10,
+                }
+            )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def run_dir(shapes_npz, tmp_path_factory) -> Path:
+    """A tiny trained run whose metrics.jsonl has one record per step."""
+    run = tmp_path_factory.mktemp("plots") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(tiny_config(shapes_npz, "train.steps=6"), run, progress=False).train()
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+# ---------------------------------------------------------------------- optional import
+def test_importing_the_package_does_not_import_matplotlib_or_tensorboard():
+    code = (
+        "import sys, ddpmkit, ddpmkit.plots, ddpmkit.tb_logging, ddpmkit.training, ddpmkit.cli\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'tensorboard')]\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+
+
+def test_missing_matplotlib_is_a_config_error_with_the_install_hint(no_matplotlib, tmp_path):
+    with pytest.raises(ConfigError, match=r"pip install 'ddpmkit\[plot\]'"):
+        plots.plot_alpha_bar(ALL, tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_missing_matplotlib_in_the_cli(no_matplotlib, tmp_path, capsys):
+    assert main(["plot", "embedding", "--out", str(tmp_path / "e.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ddpm plot: error:") and "ddpmkit[plot]" in err and "\n" not in err
+
+
+# ---------------------------------------------------------------------- figures
+def disk(size: int = 24) -> torch.Tensor:
+    """A white disk on black, (1, size, size) in [-1, 1]."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    inside = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+    return inside.float().unsqueeze(0) * 2 - 1
+
+
+def test_forward_process_figure(tmp_path):
+    image = disk()
+    path = plots.plot_forward_process(image, ALL, tmp_path / "forward.png", num=5, num_steps=200)
+    assert path == tmp_path / "forward.png"
+    width, height = assert_png(path)
+    assert width > height  # 5 columns, 4 rows
+
+    rgb = torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert_png(plots.plot_forward_process(rgb, ["cosine"], tmp_path / "rgb.png", num=3))
+
+
+def test_forward_process_figure_is_reproducible(tmp_path):
+    image = disk(12)
+    paths = [
+        plots.plot_forward_process(image, ["linear"], tmp_path / f"{i}.png", num=3, seed=seed)
+        for i, seed in enumerate((0, 0, 1))
+    ]
+    first, again, other = (p.read_bytes() for p in paths)
+    assert first == again and first != other
+
+
+def test_forward_process_rejects_bad_input(tmp_path):
+    image = torch.zeros(1, 8, 8)
+    with pytest.raises(ConfigError, match="unknown schedule 'lineal'"):
+        plots.plot_forward_process(image, ["lineal"], tmp_path / "f.png")
+    with pytest.raises(ConfigError, match="at least one schedule"):
+        plots.plot_forward_process(image, [" "], tmp_path / "f.png")
+    with pytest.raises(ConfigError, match=r"shape \(C, H, W\)"):
+        plots.plot_forward_process(torch.zeros(8, 8), ["linear"], tmp_path / "f.png")
+    with pytest.raises(ConfigError, match="columns must be >= 1"):
+        plots.plot_forward_process(image, ["linear"], tmp_path / "f.png", num=0)
+    with pytest.raises(ConfigError, match="is a folder"):
+        plots.plot_forward_process(image, ["linear"], tmp_path, num=2)
+
+
+def test_alpha_bar_figure(tmp_path):
+    width, height = assert_png(plots.plot_alpha_bar(ALL, tmp_path / "ab.png", num_steps=100))
+    assert width > height  # two panels side by side
+    with pytest.raises(ConfigError, match="diffusion steps"):
+        plots.plot_alpha_bar(ALL, tmp_path / "ab.png", num_steps=0)
+
+
+def test_time_embedding_figure(tmp_path):
+    assert_png(plots.plot_time_embedding(32, tmp_path / "emb.png", num_steps=100))
+    assert_png(plots.plot_time_embedding(3, tmp_path / "odd.png", num_steps=10))
+    with pytest.raises(ConfigError, match="at least 2"):
+        plots.plot_time_embedding(1, tmp_path / "emb.png")
+
+
+# ---------------------------------------------------------------------- training curves
+def test_training_curves_of_a_real_run(run_dir, tmp_path):
+    records = plots.read_metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert_png(plots.plot_training_curves(records, tmp_path / "training.png"))
+
+
+def test_training_curves_skip_records_without_a_key(tmp_path):
+    records = [
+        {"step": s, "loss": 1 / s, **({"loss_t_q1": 2 / s} if s % 2 else {})} for s in range(1, 30)
+    ]
+    records += [{"step": 30}, {"loss": 0.1}, {"step": 31, "loss": float("nan")}]
+    assert_png(plots.plot_training_curves(records, tmp_path / "a.png"))
+    no_quartiles = [{"step": 1, "loss": -0.5}, {"step": 2, "loss": 0.25}]  # kl-like: linear axis
+    assert_png(plots.plot_training_curves(no_quartiles, tmp_path / "b.png"))
+
+
+def test_training_curves_need_records(tmp_path):
+    with pytest.raises(ConfigError, match="no metrics"):
+        plots.plot_training_curves([], tmp_path / "a.png")
+    with pytest.raises(ConfigError, match="'step' and 'loss'"):
+        plots.plot_training_curves([{"step": 1}, {"lr": 0.1}], tmp_path / "a.png")
+
+
+def test_ema_smooth_is_bias_corrected():
+    assert plots.ema_smooth(np.array([2.0, 2.0, 2.0])) == pytest.approx([2.0, 2.0, 2.0])
+    smooth = plots.ema_smooth(np.array([1.0, 0.0]), weight=0.5)
+    assert smooth == pytest.approx([1.0, 0.5 * 0.5 / 0.75])
+
+
+def test_read_metrics_tolerates_a_truncated_last_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n\n{"step": 2, "lo')
+    assert plots.read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "lo\n{"step": 2, "loss": 0.5}\n')
+    with pytest.raises(RunDirError, match="line 1"):
+        plots.read_metrics(tmp_path)
+    with pytest.raises(RunDirError, match="not found"):
+        plots.read_metrics(tmp_path / "missing")
+    (tmp_path / "metrics.jsonl").unlink()
+    with pytest.raises(RunDirError, match="no metrics.jsonl"):
+        plots.read_metrics(tmp_path)
+
+
+# ---------------------------------------------------------------------- quality vs NFE
+def test_quality_vs_nfe_figure(tmp_path):
+    rows = eval_rows()
+    assert_png(plots.plot_quality_vs_nfe(rows, tmp_path / "fid.png"))
+    partial = [*rows, {"sampler": "ddpm", "nfe": 1000}, {"sampler": "x", "fid": 3.0}]
+    assert_png(plots.plot_quality_vs_nfe(partial, tmp_path / "partial.png"))
+    with pytest.raises(ConfigError, match="unknown metric 'is'"):
+        plots.plot_quality_vs_nfe(rows, tmp_path / "x.png", metric="is")
+    with pytest.raises(ConfigError, match="'nfe' and 'fid'"):
+        plots.plot_quality_vs_nfe([{"sampler": "ddim", "nfe": 10}], tmp_path / "x.png")
+
+
+def test_read_eval_results(tmp_path):
+    with pytest.raises(ConfigError, match=r"run `ddpm eval .* --steps 10,20,50"):
+        plots.read_eval_results(tmp_path)
+    (tmp_path / "eval.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        plots.read_eval_results(tmp_path)
+    (tmp_path / "eval.json").write_text(json.dumps({"features": "digits", "results": eval_rows()}))
+    assert plots.read_eval_results(tmp_path) == eval_rows()
+
+
+# ---------------------------------------------------------------------- ddpm plot
+def wrote(capsys) -> Path:
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("wrote ")
+    return Path(out.removeprefix("wrote "))
+
+
+def test_cli_plot_schedules_forward_embedding(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plot", "schedules", "--num-steps", "100"]) == 0
+    assert_png(tmp_path / wrote(capsys))
+    digit = plots.digits_image(5, size=16)
+    assert digit.shape == (1, 16, 16) and digit.min() == -1 and 0 < digit.max() <= 1
+    assert main(["plot", "forward", "digits", "--num", "4", "--size", "16", "--out", "f.png"]) == 0
+    assert wrote(capsys) == Path("f.png")
+    assert_png(tmp_path / "f.png")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)).save(photo)
+    args = ["plot", "forward", str(photo), "--schedule", "cosine", "--num", "3", "--size", "16"]
+    assert main([*args, "--gray", "--out", "g.png"]) == 0
+    assert_png(tmp_path / wrote(capsys))
+    assert main(["plot", "embedding", "--dim", "16", "--num-steps", "50"]) == 0
+    assert wrote(capsys) == Path("time_embedding.png")
+    assert_png(tmp_path / "time_embedding.png")
+
+
+def test_cli_plot_training_and_quality(run_dir, capsys):
+    assert main(["plot", "training", str(run_dir)]) == 0
+    assert wrote(capsys) == run_dir / "training.png"
+    assert_png(run_dir / "training.png")
+    eval_json = {"features": "digits", "n": 100, "step": 6, "results": eval_rows()}
+    (run_dir / "eval.json").write_text(json.dumps(eval_json))
+    try:
+        assert main(["plot", "quality", str(run_dir), "--metric", "kid"]) == 0
+        assert wrote(capsys) == run_dir / "quality_vs_nfe.png"
+        assert_png(run_dir / "quality_vs_nfe.png")
+    finally:
+        (run_dir / "eval.json").unlink()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["plot", "quality", "{run}"], "has no eval.json: run `ddpm eval"),
+        (["plot", "training", "{missing}"], "run directory '{missing}' not found"),
+        (["plot", "quality", "{missing}"], "run directory '{missing}' not found"),
+        (["plot", "forward", "{missing}/x.png"], "image '{missing}/x.png' not found"),
+        (["plot", "forward", "digits", "--schedule", "cosinus"], "unknown schedule 'cosinus'"),
+        (["plot", "forward", "digits", "--num", "0"], "columns must be >= 1"),
+        (["plot", "schedules", "--num-steps", "0"], "diffusion steps must be an integer >= 1"),
+        (["plot", "embedding", "--dim", "1"], "at least 2"),
+    ],
+)
+def test_cli_plot_errors_exit_2_on_one_line(run_dir, tmp_path, capsys, argv, message):
+    fill = {"run": str(run_dir), "missing": str(tmp_path / "missing")}
+    argv = [a.format(**fill) for a in argv]
+    assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ddpm plot: error: ")
+    assert message.format(**fill) in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_plot_needs_a_figure_name(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot"])
+    assert exit_info.value.code == 2
+    assert "WHAT" in capsys.readouterr().err
+
+
+def test_log_snr_of_the_plotted_schedules_is_finite():
+    """The right panel's values: log(ᾱ/(1−ᾱ)) stays finite at both ends in float64."""
+    from ddpmkit.schedules import make_schedule
+
+    for name in ALL:
+        alpha_bar = make_schedule(name, 1000).alphas_cumprod
+        log_snr = torch.log(alpha_bar) - torch.log1p(-alpha_bar)
+        assert all(math.isfinite(v) for v in log_snr.tolist())
+        assert bool((log_snr[1:] < log_snr[:-1]).all())  # decreasing in t
