@@ -72,7 +72,7 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def test_every_command_is_listed(capsys):
-    assert set(subparsers()) == {"train", "sample", "nll", "forward"}
+    assert set(subparsers()) == {"train", "sample", "nll", "eval", "forward", "plot", "compare"}
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0

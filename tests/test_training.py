@@ -118,6 +118,31 @@ def test_learning_rate_constant_and_without_warm_up():
     assert learning_rate(0, tc) == 0.5
 
 
+def test_learning_rate_follows_the_time_limit_when_it_runs_ahead_of_the_steps():
+    tc = resolve_config(
+        overrides=["train.lr=1.0", "train.warmup_steps=10", "train.steps=110"]
+    ).train
+    assert learning_rate(5, tc, time_fraction=0.9) == pytest.approx(0.6)  # warm-up first
+    assert learning_rate(20, tc, time_fraction=0.5) == pytest.approx(0.5)
+    assert learning_rate(20, tc, time_fraction=0.0) == learning_rate(20, tc)
+    assert learning_rate(60, tc, time_fraction=0.1) == pytest.approx(0.5)  # steps ahead of time
+    assert learning_rate(20, tc, time_fraction=1.0) == pytest.approx(0.0)
+
+
+def test_a_time_limit_stops_training_with_a_checkpoint(shapes_npz, tmp_path):
+    config = tiny_config(shapes_npz, "train.steps=100000", "train.time_limit_min=0.01")
+    result = train(config, tmp_path / "run")
+    assert 1 <= result.step < 100000
+    assert 0.6 <= result.elapsed_s <= 5.0
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["step"] == result.step
+    records = read_metrics(tmp_path / "run")
+    assert records[-1]["step"] == result.step
+    assert records[-1]["lr"] < 0.05 * config.train.lr  # the cosine decay ran out with the time
+    with pytest.raises(ConfigError, match="time_limit_min"):
+        tiny_config(shapes_npz, "train.time_limit_min=-1")
+
+
 # ---------------------------------------------------------------------- training
 def test_training_lowers_the_loss(shapes_npz, tmp_path):
     config = tiny_config(

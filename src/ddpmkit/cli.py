@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ddpmkit import __version__
-from ddpmkit.errors import DdpmkitError
+from ddpmkit.errors import ConfigError, DdpmkitError
 
 EXAMPLES = """examples:
   ddpm train                                   # digits, about 10 minutes on a laptop CPU
@@ -22,6 +22,8 @@ EXAMPLES = """examples:
   ddpm train --resume runs/digits train.steps=8000   # continue, with more steps
   ddpm sample runs/digits --n 64 --sampler ddim --steps 50 --gif denoise.gif
   ddpm forward photo.jpg --schedule linear,cosine --out forward.png
+  ddpm plot training runs/digits                 # loss curves (needs ddpmkit[plot])
+  ddpm compare runs/luz/* --out compare.md          # table of the runs + grids side by side
 """
 
 
@@ -87,13 +89,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     samp.add_argument("run_dir", metavar="RUN_DIR")
     samp.add_argument("--n", type=int, default=64, help="number of images (default 64)")
-    samp.add_argument("--sampler", default="ddpm", help="ddpm (ancestral) or ddim (default ddpm)")
+    samp.add_argument(
+        "--sampler",
+        default="ddpm",
+        help="ddpm (ancestral), ddim, dpm++ (DPM-Solver++ 2M) or heun (default ddpm)",
+    )
     samp.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="sampling steps (default: all T for ddpm, 50 for ddim); ddpm with fewer steps "
-        "uses the respaced process",
+        help="sampling steps (default: all T for ddpm, 50 for ddim, 20 for dpm++, 18 for heun, "
+        "which costs 2·steps − 1 network calls); ddpm with fewer steps uses the respaced process",
     )
     samp.add_argument(
         "--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 ~ DDPM"
@@ -121,6 +127,53 @@ def _build_parser() -> argparse.ArgumentParser:
     nll.add_argument("--out", metavar="FILE.json", help="JSON path (default RUN_DIR/nll.json)")
     _add_run_loading_options(nll)
 
+    ev = sub.add_parser(
+        "eval",
+        help="sample quality: FID, KID, precision/recall per sampler and step count",
+        description="Draw --n samples per sampler and step count with the run's EMA weights (or "
+        "read --samples), embed them with a feature extractor (digits: the shipped CNN, the "
+        "default for the built-in digits; inception: Inception-v3 through the optional "
+        "torch-fidelity extra) and compare them with the run's data. Results are merged into "
+        "RUN_DIR/eval.json; with several samplers or step counts a quality-vs-NFE table "
+        "(eval.md) and plot (quality_vs_nfe.png, needs matplotlib) are written too.",
+    )
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("--n", type=int, default=10_000, help="samples per setting (default 10000)")
+    ev.add_argument(
+        "--sampler",
+        default="dpm++",
+        help="comma-separated samplers: ddpm, ddim, dpm++, heun (default dpm++)",
+    )
+    ev.add_argument(
+        "--steps",
+        help="comma-separated step counts, e.g. 10,20,50,100,1000 (default: each sampler's "
+        "default: ddpm T, ddim 50, dpm++ 20, heun 18)",
+    )
+    ev.add_argument(
+        "--features",
+        choices=["digits", "inception"],
+        help="feature extractor (default digits for the built-in digits, else inception)",
+    )
+    ev.add_argument(
+        "--feature-weights",
+        metavar="PATH",
+        help="extractor weights file "
+        "(inception: the FID Inception .pth; default torch-fidelity's cache)",
+    )
+    ev.add_argument(
+        "--samples", metavar="NPZ", help="score these uint8 NHWC images (arr_0) instead of sampling"
+    )
+    ev.add_argument("--data", metavar="digits|PATH", help="reference data (default: the run's)")
+    ev.add_argument("--batch", type=int, default=500, help="images per batch (default 500)")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ev.add_argument("--out", metavar="FILE.json", help="JSON path (default RUN_DIR/eval.json)")
+    ev.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="reference feature cache (default $DDPMKIT_CACHE or ~/.cache/ddpmkit)",
+    )
+    _add_run_loading_options(ev)
+
     fwd = sub.add_parser(
         "forward",
         help="picture of the forward (noising) process on one image",
@@ -140,6 +193,82 @@ def _build_parser() -> argparse.ArgumentParser:
     fwd.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     fwd.add_argument(
         "--out", default="forward.png", metavar="FILE.png", help="output path (default forward.png)"
+    )
+
+    plot = sub.add_parser(
+        "plot",
+        help="matplotlib figures: schedules, forward process, embedding, training, quality",
+        description="Draw one figure to a PNG with matplotlib (pip install 'ddpmkit[plot]').",
+    )
+    what = plot.add_subparsers(dest="what", metavar="WHAT", required=True)
+    all_schedules = "linear,cosine,quadratic,sigmoid"
+    p_sched = what.add_parser("schedules", help="ᾱ_t and log SNR of the noise schedules")
+    p_sched.add_argument("--schedule", default=all_schedules, help="names (default all four)")
+    p_sched.add_argument("--num-steps", type=int, default=1000, help="T (default 1000)")
+    p_sched.add_argument(
+        "--out", default="schedules.png", metavar="FILE.png", help="default schedules.png"
+    )
+    p_fwd = what.add_parser(
+        "forward", help="q(x_t|x_0) of one image, a row per schedule, the same noise in each"
+    )
+    p_fwd.add_argument(
+        "image", metavar="IMAGE|digits", help="an image file, or 'digits' (the first built-in one)"
+    )
+    p_fwd.add_argument("--schedule", default=all_schedules, help="names (default all four)")
+    p_fwd.add_argument("--num", type=int, default=8, help="columns: noise levels (default 8)")
+    p_fwd.add_argument("--num-steps", type=int, default=1000, help="T (default 1000)")
+    p_fwd.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
+    p_fwd.add_argument("--gray", action="store_true", help="convert the image to grayscale")
+    p_fwd.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p_fwd.add_argument(
+        "--out",
+        default="forward_process.png",
+        metavar="FILE.png",
+        help="default forward_process.png",
+    )
+    p_emb = what.add_parser("embedding", help="heat map of the sinusoidal time embedding")
+    p_emb.add_argument("--dim", type=int, default=128, help="embedding size (default 128)")
+    p_emb.add_argument("--num-steps", type=int, default=1000, help="T (default 1000)")
+    p_emb.add_argument(
+        "--out", default="time_embedding.png", metavar="FILE.png", help="default time_embedding.png"
+    )
+    p_train = what.add_parser("training", help="loss curves of a run from its metrics.jsonl")
+    p_train.add_argument("run_dir", metavar="RUN_DIR")
+    p_train.add_argument("--out", metavar="FILE.png", help="default RUN_DIR/training.png")
+    p_quality = what.add_parser(
+        "quality", help="FID or KID against network calls, from RUN_DIR/eval.json (ddpm eval)"
+    )
+    p_quality.add_argument("run_dir", metavar="RUN_DIR")
+    p_quality.add_argument(
+        "--metric", default="fid", choices=["fid", "kid"], help="what to plot (default fid)"
+    )
+    p_quality.add_argument("--out", metavar="FILE.png", help="default RUN_DIR/quality_vs_nfe.png")
+
+    comp = sub.add_parser(
+        "compare",
+        help="compare several runs: a markdown table and their sample grids side by side",
+        description="Summarize run directories (meant for several, e.g. runs/luz/*) in one "
+        "markdown table: the config keys that differ between them, step, training time, final "
+        "loss, and FID/KID/precision/recall from eval.json and bits/dim from nll.json where "
+        "present. The table goes to stdout; the latest sample grids, side by side, to an image.",
+    )
+    comp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    comp.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
+    pictures = comp.add_mutually_exclusive_group()
+    pictures.add_argument(
+        "--image",
+        default="compare.png",
+        metavar="FILE.png",
+        help="the grids side by side (default compare.png in the current folder)",
+    )
+    pictures.add_argument("--no-image", action="store_true", help="write no image")
+    comp.add_argument(
+        "--sampler",
+        help="show the eval.json results of this sampler (default: the sampler and steps that "
+        "all runs were evaluated with, the most NFE; else each run's best FID)",
+    )
+    comp.add_argument(
+        "--steps", type=int, metavar="N", help="show the eval.json results with N sampling steps"
     )
     return parser
 
@@ -173,7 +302,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if trainer.is_main:
         print(f"data:  {trainer.dataset_description}")
         print(f"model: {trainer.model.describe()}")
-        print(f"run:   {run_dir} (device {trainer.device}, {config.train.steps} steps)")
+        limit = config.train.time_limit_min
+        budget = f"{config.train.steps} steps" + (f" or {limit:g} min" if limit else "")
+        print(f"run:   {run_dir} (device {trainer.device}, {budget})")
     result = trainer.train()
     if trainer.is_main:
         if result.step == trainer.start_step:
@@ -257,6 +388,77 @@ def _cmd_nll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str | None, name: str) -> list[int | None]:
+    if text is None:
+        return [None]
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated integers, got '{text}'") from None
+    if not values:
+        raise ConfigError(f"{name} is empty")
+    return values
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ddpmkit.evaluate import (
+        EvalRequest,
+        check_features,
+        default_features,
+        evaluate,
+        markdown_table,
+        plan,
+        reference_for,
+        write_eval_json,
+    )
+    from ddpmkit.fileio import atomic_write_text
+    from ddpmkit.generate import load_run
+    from ddpmkit.metrics.extractors import load_extractor
+
+    request = EvalRequest(
+        n=args.n,
+        samplers=[s.strip() for s in args.sampler.split(",") if s.strip()],
+        steps=_int_list(args.steps, "--steps"),
+        seed=args.seed,
+        batch_size=args.batch,
+        samples=Path(args.samples) if args.samples else None,
+    )
+    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    if request.samples is None:
+        plan(request, run.diffusion.num_steps)  # a bad sampler or step count fails before work
+    data = run.config.data
+    if args.data is not None:
+        data = dataclasses.replace(data, source=args.data, random_flip=False)
+    features = args.features or default_features(data)
+    check_features(features)
+    extractor = load_extractor(features, weights=args.feature_weights, device=run.device)
+    progress = not args.no_progress
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    reference = reference_for(data, extractor, cache_dir=cache, progress=progress)
+    report = evaluate(run, request, extractor, reference, weights=args.weights, progress=progress)
+    path = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+    merged = write_eval_json(path, report)
+    table = markdown_table(merged["results"])
+    print(f"{features} features, reference {reference.source} (n={len(reference.features)})")
+    print(table, end="")
+    written = [path]
+    atomic_write_text(path.with_suffix(".md"), table)
+    written.append(path.with_suffix(".md"))
+    if len(merged["results"]) > 1:
+        try:
+            from ddpmkit.plots import plot_quality_vs_nfe
+
+            written.append(
+                plot_quality_vs_nfe(merged["results"], path.parent / "quality_vs_nfe.png")
+            )
+        except ConfigError as err:  # matplotlib is an optional extra
+            print(f"no plot: {err}", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _cmd_forward(args: argparse.Namespace) -> int:
     import torch
 
@@ -286,11 +488,61 @@ def _cmd_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from ddpmkit import plots
+
+    if args.what == "schedules":
+        path = plots.plot_alpha_bar(args.schedule.split(","), args.out, num_steps=args.num_steps)
+    elif args.what == "forward":
+        _positive(args.size, "--size")
+        if args.image == "digits":  # a file named digits: ./digits
+            image = plots.digits_image(0, size=args.size)
+        else:
+            from ddpmkit.data import load_image
+
+            image = load_image(args.image, size=args.size, channels=1 if args.gray else 3)
+        path = plots.plot_forward_process(
+            image, args.schedule.split(","), args.out, args.num, args.num_steps, args.seed
+        )
+    elif args.what == "embedding":
+        path = plots.plot_time_embedding(args.dim, args.out, num_steps=args.num_steps)
+    elif args.what == "training":
+        metrics = plots.read_metrics(args.run_dir)
+        path = plots.plot_training_curves(metrics, args.out or Path(args.run_dir) / "training.png")
+    else:
+        rows = plots.read_eval_results(args.run_dir)
+        out = args.out or Path(args.run_dir) / "quality_vs_nfe.png"
+        path = plots.plot_quality_vs_nfe(rows, out, metric=args.metric)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ddpmkit.compare import markdown_table, side_by_side, summarize_runs
+    from ddpmkit.fileio import atomic_write_text
+
+    summaries = summarize_runs(args.run_dirs)
+    table = markdown_table(summaries, sampler=args.sampler, steps=args.steps)
+    print(table, end="")
+    if args.out:  # notes go to stderr so that stdout stays the table
+        atomic_write_text(Path(args.out), table)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if not args.no_image:
+        if any(s.grid is not None for s in summaries):
+            print(f"wrote {side_by_side(summaries, args.image)}", file=sys.stderr)
+        else:
+            print("no image: none of the runs has a sample grid yet", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "sample": _cmd_sample,
     "nll": _cmd_nll,
+    "eval": _cmd_eval,
     "forward": _cmd_forward,
+    "plot": _cmd_plot,
+    "compare": _cmd_compare,
 }
 
 

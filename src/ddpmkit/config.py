@@ -50,6 +50,8 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 1000  # 0: only at the end
     checkpoint_every: int = 1000  # 0: only at the end
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs ddpmkit[tensorboard])
+    time_limit_min: float = 0.0  # > 0: stop after this many minutes; the cosine decay follows time
 
     def validate(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "log_every")
@@ -61,6 +63,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not self.time_limit_min >= 0:
+            raise ConfigError(f"train.time_limit_min must be >= 0, got {self.time_limit_min}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 f"unknown train.lr_schedule '{self.lr_schedule}': choose one of "

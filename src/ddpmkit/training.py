@@ -31,6 +31,7 @@ from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError, DataError, DdpmkitError, RunDirError
 from ddpmkit.generate import SampleRequest, generate, resolve_device
 from ddpmkit.nn import UNet
+from ddpmkit.tb_logging import TensorBoardLogger
 from ddpmkit.timesteps import LossSecondMomentSampler, make_timestep_sampler
 from ddpmkit.viz import save_grid
 
@@ -59,14 +60,16 @@ class TrainResult:
     grid_path: Path | None
 
 
-def learning_rate(step: int, config) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps``, then constant or cosine decay to 0."""
+def learning_rate(step: int, config, time_fraction: float = 0.0) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then constant or cosine decay to 0. The
+    decay follows the larger of the share of steps done and ``time_fraction``, the share of the
+    time limit used, so a time-limited run ends its decay when its time runs out."""
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_schedule == "constant":
         return config.lr
     span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
+    progress = min(1.0, max((step - config.warmup_steps) / span, time_fraction))
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -200,6 +203,10 @@ class Trainer:
             )
         self.start_step = state.step if state else 0
         self.elapsed_before = state.elapsed_s if state else 0.0
+        self.tensorboard: TensorBoardLogger | None = None
+        if tc.tensorboard:  # every rank checks that TensorBoard is installed; rank 0 writes
+            logger = TensorBoardLogger(self.run_dir, purge_step=self.start_step + 1)
+            self.tensorboard = logger if self.is_main else None
 
         dataset = load_dataset(config.data, progress=progress and self.is_main)
         images = getattr(dataset, "images_uint8", None)
@@ -341,6 +348,19 @@ class Trainer:
             t, losses = torch.cat(ts), torch.cat(ls)
         self.timestep_sampler.update(t, losses)
 
+    def _time_fraction(self, started: float) -> float:
+        """Share of ``train.time_limit_min`` used (0 without a limit); under DDP the largest over
+        the processes, so that all of them stop at the same step."""
+        limit = self.config.train.time_limit_min
+        if not limit:
+            return 0.0
+        fraction = (self.elapsed_before + time.perf_counter() - started) / (60.0 * limit)
+        if self.world > 1:
+            value = torch.tensor([fraction], dtype=torch.float64, device=self.device)
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+            fraction = value.item()
+        return fraction
+
     def _save(self, step: int, elapsed: float) -> None:
         if not self.is_main:
             return
@@ -380,7 +400,10 @@ class Trainer:
             self.config.data.image_size,
         )
         result = generate(self.ema, self.diffusion, shape, request, self.device, progress=False)
-        return save_grid(result.images, self.run_dir / ckpt.SAMPLES_DIR / f"step_{step:06d}.png")
+        path = save_grid(result.images, self.run_dir / ckpt.SAMPLES_DIR / f"step_{step:06d}.png")
+        if self.tensorboard is not None:
+            self.tensorboard.image_grid(step, "samples", result.images)
+        return path
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
@@ -412,10 +435,11 @@ class Trainer:
                 stacklevel=2,
             )
         self.model.train()
+        time_fraction = self._time_fraction(started)
         try:
-            while step < tc.steps:
+            while step < tc.steps and time_fraction < 1.0:
                 for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate(step, tc)
+                    group["lr"] = learning_rate(step, tc, time_fraction)
                 self.optimizer.zero_grad(set_to_none=True)
                 step_loss = 0.0
                 for _ in range(tc.grad_accum):
@@ -453,8 +477,10 @@ class Trainer:
                     interval_loss += step_loss
                     interval_count += 1
                     bar.update(1)
+                    time_fraction = self._time_fraction(started)
+                    last_step = step == tc.steps or time_fraction >= 1.0
 
-                    if step % tc.log_every == 0 or step == tc.steps:
+                    if step % tc.log_every == 0 or last_step:
                         now = time.perf_counter()
                         rate = (
                             interval_count
@@ -466,7 +492,7 @@ class Trainer:
                             record = {
                                 "step": step,
                                 "loss": interval_loss / interval_count,
-                                "lr": learning_rate(step - 1, tc),
+                                "lr": self.optimizer.param_groups[0]["lr"],
                                 "images_per_s": round(rate, 2),
                                 "elapsed_s": round(self.elapsed_before + now - started, 3),
                             }
@@ -476,11 +502,13 @@ class Trainer:
                                         bucket_sum[b] / bucket_count[b]
                                     ).item()
                             ckpt.append_metrics(self.run_dir, record)
+                            if self.tensorboard is not None:
+                                self.tensorboard.scalars(step, record)
                         interval_start, interval_loss, interval_count, paused = now, 0.0, 0, 0.0
                         bucket_sum.zero_()
                         bucket_count.zero_()
 
-                if step < tc.steps and (
+                if not last_step and (
                     (tc.sample_every and step % tc.sample_every == 0)
                     or (tc.checkpoint_every and step % tc.checkpoint_every == 0)
                 ):
@@ -496,12 +524,16 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             self._save(step, self.elapsed_before + time.perf_counter() - started)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             raise TrainingInterrupted(self.run_dir, step) from None
         bar.close()
         elapsed = self.elapsed_before + time.perf_counter() - started
-        if self.start_step < tc.steps or not (self.run_dir / ckpt.EMA_FILE).exists():
+        if step > self.start_step or not (self.run_dir / ckpt.EMA_FILE).exists():
             self._save(step, elapsed)
             grid_path = self.sample_grid(step)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.world > 1:
             dist.barrier()
         return TrainResult(self.run_dir, step, last_loss, elapsed, grid_path)

@@ -1,0 +1,288 @@
+"""Sample quality of a trained run: FID, KID and precision/recall for each sampler and step count.
+
+One evaluation draws ``n`` samples per (sampler, steps) with the run's EMA weights (or reads them
+from an ``arr_0`` npz), embeds them with a feature extractor (``digits`` CNN or Inception-v3) and
+compares them with the run's data, whose features are cached (:mod:`ddpmkit.metrics.reference`).
+Results are merged into ``RUN_DIR/eval.json`` so that several calls build one quality-vs-NFE table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ddpmkit.data import DataConfig, load_dataset, to_uint8
+from ddpmkit.errors import ConfigError, DataError
+from ddpmkit.fileio import atomic_write_text
+from ddpmkit.generate import LoadedRun, SampleRequest, generate
+from ddpmkit.metrics.extractors import EXTRACTORS, FeatureExtractor, extract_features
+from ddpmkit.metrics.frechet import GaussianStats, frechet_distance
+from ddpmkit.metrics.kid import kernel_inception_distance
+from ddpmkit.metrics.precision_recall import precision_recall
+from ddpmkit.metrics.reference import reference_features
+from ddpmkit.samplers import check_sampler, default_steps, function_evaluations
+
+
+@dataclass
+class EvalRequest:
+    """What to evaluate. ``samplers`` × ``steps`` are all evaluated (``None`` steps: each
+    sampler's default); ``samples`` replaces sampling by an npz of uint8 NHWC images."""
+
+    n: int = 10_000
+    samplers: Sequence[str] = ("dpm++",)
+    steps: Sequence[int | None] = (None,)
+    seed: int = 0
+    batch_size: int = 500
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    k: int = 3  # neighbours for precision/recall
+    samples: Path | None = None
+
+
+@dataclass
+class EvalRow:
+    sampler: str
+    steps: int
+    nfe: int
+    n: int
+    fid: float
+    kid_mean: float
+    kid_std: float
+    precision: float
+    recall: float
+    seconds: float  # sampling wall time (0 for an npz)
+    feature_seconds: float
+
+
+@dataclass
+class EvalReport:
+    features: str
+    extractor_fingerprint: str
+    reference: dict[str, Any]
+    step: int | None
+    weights: str
+    results: list[EvalRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "results": [asdict(r) for r in self.results]}
+
+
+@dataclass
+class Reference:
+    """Features of the data set the samples are compared with."""
+
+    features: np.ndarray
+    stats: GaussianStats
+    source: str
+    cached: bool
+
+
+def reference_for(
+    data: DataConfig,
+    extractor: FeatureExtractor,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> Reference:
+    """The data set's features (from the cache when they are there)."""
+    dataset = load_dataset(data, progress=progress)
+    features, cached = reference_features(
+        dataset.images_uint8, extractor, cache_dir=cache_dir, progress=progress
+    )
+    return Reference(features, GaussianStats.of(features), data.source, cached)
+
+
+def score(
+    fake: np.ndarray, reference: Reference, request: EvalRequest
+) -> tuple[float, float, float, float, float]:
+    """FID, KID mean and std, precision, recall of ``fake`` features against the reference."""
+    fid = frechet_distance(reference.stats, GaussianStats.of(fake))
+    kid = kernel_inception_distance(
+        reference.features, fake, request.kid_subsets, request.kid_subset_size, request.seed
+    )
+    pr = precision_recall(reference.features, fake, request.k)
+    return fid, kid.mean, kid.std, pr.precision, pr.recall
+
+
+def read_samples_npz(path: Path, channels: int) -> torch.Tensor:
+    """uint8 NHWC (or NHW) images under ``arr_0`` → uint8 NCHW."""
+    if not path.is_file():
+        raise DataError(f"samples file {path} does not exist")
+    try:
+        with np.load(path) as archive:
+            if "arr_0" not in archive:
+                raise DataError(f"{path} has no 'arr_0' array (found: {', '.join(archive.files)})")
+            array = archive["arr_0"]
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path} as an npz file: {e}") from None
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4 or array.dtype != np.uint8 or array.shape[-1] not in (1, 3):
+        raise DataError(
+            f"{path}: arr_0 must be uint8 images N×H×W×C with C = 1 or 3, got {array.dtype} "
+            f"{array.shape}"
+        )
+    if array.shape[-1] != channels:
+        array = (
+            array.mean(-1, keepdims=True).round().astype(np.uint8)
+            if channels == 1
+            else (np.repeat(array, 3, axis=-1))
+        )
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
+
+
+def plan(request: EvalRequest, num_steps: int) -> list[tuple[str, int]]:
+    """The (sampler, steps) pairs to run, each checked before any work starts."""
+    if request.n < 2:
+        raise ConfigError(f"--n must be >= 2, got {request.n}")
+    if request.batch_size < 1:
+        raise ConfigError(f"--batch must be >= 1, got {request.batch_size}")
+    pairs = []
+    for sampler in request.samplers:
+        check_sampler(sampler)
+        for steps in request.steps:
+            count = default_steps(sampler, num_steps) if steps is None else steps
+            if not 1 <= count <= num_steps:
+                raise ConfigError(
+                    f"steps must be between 1 and the model's {num_steps} steps, got {count}"
+                )
+            if (sampler, count) not in pairs:
+                pairs.append((sampler, count))
+    return pairs
+
+
+def evaluate(
+    run: LoadedRun,
+    request: EvalRequest,
+    extractor: FeatureExtractor,
+    reference: Reference,
+    weights: str = "ema",
+    progress: bool = True,
+) -> EvalReport:
+    """Score each (sampler, steps) of ``request`` (or the npz of ``request.samples``)."""
+    report = EvalReport(
+        features=extractor.name,
+        extractor_fingerprint=extractor.fingerprint,
+        reference={"source": reference.source, "n": len(reference.features)},
+        step=run.step,
+        weights=weights,
+    )
+    if request.samples is not None:
+        images = read_samples_npz(Path(request.samples), run.config.data.channels)
+        report.results.append(_row("npz", 0, images, 0.0, extractor, reference, request, progress))
+        return report
+    data = run.config.data
+    shape = (data.channels, data.image_size, data.image_size)
+    for sampler, steps in plan(request, run.diffusion.num_steps):
+        if progress:
+            tqdm.write(f"{sampler}, {steps} steps ({function_evaluations(sampler, steps)} NFE)")
+        sample_request = SampleRequest(
+            n=request.n,
+            sampler=sampler,
+            steps=steps,
+            seed=request.seed,
+            batch_size=request.batch_size,
+        )
+        started = time.perf_counter()
+        result = generate(run.model, run.diffusion, shape, sample_request, run.device, progress)
+        seconds = time.perf_counter() - started
+        images = to_uint8(result.images)
+        report.results.append(
+            _row(sampler, steps, images, seconds, extractor, reference, request, progress)
+        )
+    return report
+
+
+def _row(
+    sampler: str,
+    steps: int,
+    images: torch.Tensor,
+    seconds: float,
+    extractor: FeatureExtractor,
+    reference: Reference,
+    request: EvalRequest,
+    progress: bool,
+) -> EvalRow:
+    if len(images) < max(2, request.k + 1):
+        raise ConfigError(f"need at least {max(2, request.k + 1)} samples, got {len(images)}")
+    started = time.perf_counter()
+    fake = extract_features(
+        extractor, images, batch_size=request.batch_size, progress=progress, desc="features"
+    )
+    fid, kid_mean, kid_std, precision, recall = score(fake, reference, request)
+    nfe = function_evaluations(sampler, steps) if sampler != "npz" else 0
+    return EvalRow(
+        sampler,
+        steps,
+        nfe,
+        len(images),
+        fid,
+        kid_mean,
+        kid_std,
+        precision,
+        recall,
+        round(seconds, 3),
+        round(time.perf_counter() - started, 3),
+    )
+
+
+def merge_into(path: Path, report: EvalReport) -> dict[str, Any]:
+    """``report`` merged with the rows of an existing eval.json of the same weights, step,
+    extractor and reference: a (sampler, steps, n) evaluated again replaces its old row."""
+    merged = report.to_dict()
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return merged
+    same = all(
+        old.get(key) == merged[key]
+        for key in ("features", "extractor_fingerprint", "reference", "step", "weights")
+    )
+    if not same or not isinstance(old.get("results"), list):
+        return merged
+    new_keys = {(r["sampler"], r["steps"], r["n"]) for r in merged["results"]}
+    kept = [
+        r
+        for r in old["results"]
+        if isinstance(r, dict) and (r.get("sampler"), r.get("steps"), r.get("n")) not in new_keys
+    ]
+    merged["results"] = sorted(kept + merged["results"], key=lambda r: (r["sampler"], r["nfe"]))
+    return merged
+
+
+def write_eval_json(path: Path, report: EvalReport) -> dict[str, Any]:
+    merged = merge_into(path, report)
+    atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+    return merged
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """One line per (sampler, steps): NFE, FID, KID ×10³, precision, recall, seconds."""
+    lines = [
+        "| sampler | steps | NFE | n | FID | KID ×10³ | precision | recall | sampling s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['n']} | {r['fid']:.3f} | "
+            f"{1e3 * r['kid_mean']:.3f} ± {1e3 * r['kid_std']:.3f} | {r['precision']:.3f} | "
+            f"{r['recall']:.3f} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def default_features(data: DataConfig) -> str:
+    """``digits`` for the built-in digits, ``inception`` for everything else."""
+    return "digits" if data.source == "digits" else "inception"
+
+
+def check_features(name: str) -> None:
+    if name not in EXTRACTORS:
+        raise ConfigError(f"unknown features '{name}': choose one of {', '.join(EXTRACTORS)}")

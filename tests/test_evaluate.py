@@ -1,0 +1,111 @@
+"""`ddpm eval` end to end on a tiny run: eval.json, merging, the npz path and user errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import shapes_array, tiny_overrides
+from ddpmkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, shapes_npz) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--out", str(out), *tiny_overrides(shapes_npz, "train.steps=4")]) == 0
+    return out
+
+
+def run_eval(run: Path, cache: Path, *args: str) -> int:
+    return main(
+        [
+            "eval",
+            str(run),
+            "--cache-dir",
+            str(cache),
+            "--no-progress",
+            "--features",
+            "digits",
+            *args,
+        ]
+    )
+
+
+def test_eval_writes_one_row_per_sampler_and_steps_and_merges_later_calls(tiny_run, tmp_path):
+    out = tmp_path / "eval.json"
+    code = run_eval(
+        tiny_run,
+        tmp_path,
+        "--n",
+        "12",
+        "--batch",
+        "8",
+        "--sampler",
+        "ddim,dpm++",
+        "--steps",
+        "3,5",
+        "--out",
+        str(out),
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["features"] == "digits" and report["weights"] == "ema"
+    assert report["reference"]["n"] == 256
+    rows = {(r["sampler"], r["steps"]): r for r in report["results"]}
+    assert set(rows) == {("ddim", 3), ("ddim", 5), ("dpm++", 3), ("dpm++", 5)}
+    for (_, steps), row in rows.items():
+        assert row["nfe"] == steps and row["n"] == 12
+        assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+        assert np.isfinite(row["kid_mean"]) and row["kid_std"] >= 0
+    assert out.with_suffix(".md").read_text().count("\n") == 2 + 4
+    assert (tmp_path / "quality_vs_nfe.png").stat().st_size > 0
+
+    assert (
+        run_eval(
+            tiny_run, tmp_path, "--n", "12", "--sampler", "heun", "--steps", "3", "--out", str(out)
+        )
+        == 0
+    )
+    rows = {(r["sampler"], r["steps"]): r for r in json.loads(out.read_text())["results"]}
+    assert len(rows) == 5 and rows[("heun", 3)]["nfe"] == 5
+
+
+def test_eval_is_reproducible_and_uses_the_feature_cache(tiny_run, tmp_path):
+    args = ["--n", "10", "--sampler", "ddim", "--steps", "4"]
+    assert run_eval(tiny_run, tmp_path, *args, "--out", str(tmp_path / "a.json")) == 0
+    assert len(list((tmp_path / "reference").iterdir())) == 1
+    assert run_eval(tiny_run, tmp_path, *args, "--out", str(tmp_path / "b.json")) == 0
+    assert len(list((tmp_path / "reference").iterdir())) == 1
+    a = json.loads((tmp_path / "a.json").read_text())["results"][0]
+    b = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert a["fid"] == b["fid"] and a["kid_mean"] == b["kid_mean"]
+
+
+def test_the_data_itself_scores_a_perfect_fid(tiny_run, tmp_path):
+    """Scoring the training images against themselves: FID 0, precision = recall = 1."""
+    npz = tmp_path / "real.npz"
+    np.savez(npz, arr_0=shapes_array())
+    out = tmp_path / "eval.json"
+    assert run_eval(tiny_run, tmp_path, "--samples", str(npz), "--out", str(out)) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["sampler"] == "npz" and row["n"] == 256
+    assert row["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert row["precision"] == 1.0 and row["recall"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--sampler", "euler"], "unknown sampler"),
+        (["--steps", "10,x"], "comma-separated integers"),
+        (["--steps", "51"], "steps must be between"),
+        (["--n", "1"], "--n must be"),
+        (["--samples", "missing.npz"], "does not exist"),
+        (["--features", "inception"], "ddpmkit[inception]"),
+    ],
+)
+def test_user_errors_are_one_line(tiny_run, tmp_path, capsys, args, message):
+    assert run_eval(tiny_run, tmp_path, "--n", "4", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
