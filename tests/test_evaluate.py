@@ -52,6 +52,7 @@ def test_eval_writes_one_row_per_sampler_and_steps_and_merges_later_calls(tiny_r
     report = json.loads(out.read_text())
     assert report["features"] == "digits" and report["weights"] == "ema"
     assert report["reference"]["n"] == 256
+    assert report["reference_halves_fid"] > 0
     rows = {(r["sampler"], r["steps"]): r for r in report["results"]}
     assert set(rows) == {("ddim", 3), ("ddim", 5), ("dpm++", 3), ("dpm++", 5)}
     for (_, steps), row in rows.items():

@@ -441,7 +441,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     path = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     merged = write_eval_json(path, report)
     table = markdown_table(merged["results"])
-    print(f"{features} features, reference {reference.source} (n={len(reference.features)})")
+    print(
+        f"{features} features, reference {reference.source} (n={len(reference.features)}; two "
+        f"random halves of it score FID {merged['reference_halves_fid']:.3f})"
+    )
     print(table, end="")
     written = [path]
     atomic_write_text(path.with_suffix(".md"), table)

@@ -69,6 +69,7 @@ class EvalReport:
     reference: dict[str, Any]
     step: int | None
     weights: str
+    reference_halves_fid: float  # FID of two random halves of the reference set: the scale of noise
     results: list[EvalRow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +98,19 @@ def reference_for(
         dataset.images_uint8, extractor, cache_dir=cache_dir, progress=progress
     )
     return Reference(features, GaussianStats.of(features), data.source, cached)
+
+
+def halves_fid(features: np.ndarray, draws: int = 5, seed: int = 0) -> float:
+    """Mean FID between two random halves of ``features`` over ``draws`` splits: what two samples
+    of the data itself score at half the reference size, for scale (FID shrinks as n grows)."""
+    rng = np.random.default_rng(seed)
+    half = len(features) // 2
+    values = []
+    for _ in range(draws):
+        order = rng.permutation(len(features))
+        a, b = features[order[:half]], features[order[half : 2 * half]]
+        values.append(frechet_distance(GaussianStats.of(a), GaussianStats.of(b)))
+    return float(np.mean(values))
 
 
 def score(
@@ -173,6 +187,9 @@ def evaluate(
         reference={"source": reference.source, "n": len(reference.features)},
         step=run.step,
         weights=weights,
+        reference_halves_fid=halves_fid(reference.features)
+        if len(reference.features) >= 8
+        else float("nan"),
     )
     if request.samples is not None:
         images = read_samples_npz(Path(request.samples), run.config.data.channels)

@@ -293,6 +293,20 @@ def read_eval_results(run_dir: str | Path) -> list[dict[str, Any]]:
     return [row for row in rows if isinstance(row, dict)]
 
 
+def _spread_ticks(values: list[float], min_decades: float = 0.1) -> list[float]:
+    """Tick positions on a log axis at least ``min_decades`` apart, so that 9 and 10 (Heun's
+    2K − 1 calls beside another sampler's K) do not print over each other; of two close values
+    the rounder one (a multiple of 10) is kept."""
+    kept: list[float] = []
+    for v in values:
+        if kept and np.log10(v / kept[-1]) < min_decades:
+            if v % 10 == 0 and kept[-1] % 10 != 0:
+                kept[-1] = v
+            continue
+        kept.append(v)
+    return kept
+
+
 def plot_quality_vs_nfe(
     rows: Sequence[dict[str, Any]], path: str | Path, metric: str = "fid"
 ) -> Path:
@@ -333,7 +347,7 @@ def plot_quality_vs_nfe(
             low, high = min(v.min() for v in values), max(v.max() for v in values)
             if high < 10 * low:  # less than a decade: label the minor ticks too
                 ax.yaxis.set_minor_formatter(plain)
-    all_nfe = sorted({p[0] for points in by_sampler.values() for p in points})
+    all_nfe = _spread_ticks(sorted({p[0] for points in by_sampler.values() for p in points}))
     ax.set_xticks(all_nfe, [f"{n:g}" for n in all_nfe])
     ax.set_xticks([], minor=True)
     label = "FID" if key == "fid" else "KID"
