@@ -125,31 +125,13 @@ def score(
     return fid, kid.mean, kid.std, pr.precision, pr.recall
 
 
-def read_samples_npz(path: Path, channels: int) -> torch.Tensor:
-    """uint8 NHWC (or NHW) images under ``arr_0`` → uint8 NCHW."""
-    if not path.is_file():
+def read_samples(path: Path, data: DataConfig) -> torch.Tensor:
+    """uint8 NCHW images of an ``arr_0`` npz (or an image folder), read like a data source and
+    brought to the run's channels and size."""
+    if not path.exists():
         raise DataError(f"samples file {path} does not exist")
-    try:
-        with np.load(path) as archive:
-            if "arr_0" not in archive:
-                raise DataError(f"{path} has no 'arr_0' array (found: {', '.join(archive.files)})")
-            array = archive["arr_0"]
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path} as an npz file: {e}") from None
-    if array.ndim == 3:
-        array = array[..., None]
-    if array.ndim != 4 or array.dtype != np.uint8 or array.shape[-1] not in (1, 3):
-        raise DataError(
-            f"{path}: arr_0 must be uint8 images N×H×W×C with C = 1 or 3, got {array.dtype} "
-            f"{array.shape}"
-        )
-    if array.shape[-1] != channels:
-        array = (
-            array.mean(-1, keepdims=True).round().astype(np.uint8)
-            if channels == 1
-            else (np.repeat(array, 3, axis=-1))
-        )
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
+    config = DataConfig(source=str(path), image_size=data.image_size, channels=data.channels)
+    return load_dataset(config, progress=False).images_uint8
 
 
 def plan(request: EvalRequest, num_steps: int) -> list[tuple[str, int]]:
@@ -192,7 +174,7 @@ def evaluate(
         else float("nan"),
     )
     if request.samples is not None:
-        images = read_samples_npz(Path(request.samples), run.config.data.channels)
+        images = read_samples(Path(request.samples), run.config.data)
         report.results.append(_row("npz", 0, images, 0.0, extractor, reference, request, progress))
         return report
     data = run.config.data
