@@ -34,6 +34,8 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"  # written by `ddpm eval`
+NLL_FILE = "nll.json"  # written by `ddpm nll`
 SAMPLES_DIR = "samples"
 
 

@@ -370,6 +370,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_nll(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from ddpmkit.checkpoint import NLL_FILE
     from ddpmkit.generate import load_run
     from ddpmkit.nll import evaluate_nll, write_report
 
@@ -382,7 +383,7 @@ def _cmd_nll(args: argparse.Namespace) -> int:
     report = evaluate_nll(
         run, data, n=args.n, batch_size=args.batch, seed=args.seed, progress=not args.no_progress
     )
-    path = write_report(report, args.out or Path(args.run_dir) / "nll.json")
+    path = write_report(report, args.out or Path(args.run_dir) / NLL_FILE)
     print(report.summary())
     print(f"wrote {path}")
     return 0
@@ -403,6 +404,7 @@ def _int_list(text: str | None, name: str) -> list[int | None]:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from ddpmkit.checkpoint import EVAL_FILE
     from ddpmkit.evaluate import (
         EvalRequest,
         check_features,
@@ -438,7 +440,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else None
     reference = reference_for(data, extractor, cache_dir=cache, progress=progress)
     report = evaluate(run, request, extractor, reference, weights=args.weights, progress=progress)
-    path = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+    path = Path(args.out) if args.out else Path(args.run_dir) / EVAL_FILE
     merged = write_eval_json(path, report)
     table = markdown_table(merged["results"])
     print(

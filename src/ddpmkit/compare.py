@@ -20,8 +20,6 @@ from ddpmkit import checkpoint as ckpt
 from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.fileio import atomic_write_bytes
 
-EVAL_FILE = "eval.json"
-NLL_FILE = "nll.json"
 LOSS_RECORDS = 5  # the final loss is the mean over this many last metrics.jsonl records
 MISSING = "–"
 _GRID_NAME = re.compile(r"step_(\d+)\.png")
@@ -158,16 +156,16 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
     if state is not None:
         summary.step = state.step
         summary.train_seconds = state.elapsed_s if state.elapsed_s > 0 else None
-    evaluation = _read_json(run_dir / EVAL_FILE)
+    evaluation = _read_json(run_dir / ckpt.EVAL_FILE)
     if evaluation is not None:
         rows = evaluation.get("results", [])
         if not isinstance(rows, list):
-            raise RunDirError(f"{run_dir / EVAL_FILE}: 'results' must be a list")
-        summary.evals = [_eval_result(row, run_dir / EVAL_FILE) for row in rows]
+            raise RunDirError(f"{run_dir / ckpt.EVAL_FILE}: 'results' must be a list")
+        summary.evals = [_eval_result(row, run_dir / ckpt.EVAL_FILE) for row in rows]
         summary.eval_step = _number(evaluation.get("step"), int)
         features = evaluation.get("features")
         summary.eval_features = features if isinstance(features, str) else None
-    nll = _read_json(run_dir / NLL_FILE)
+    nll = _read_json(run_dir / ckpt.NLL_FILE)
     if nll is not None:
         summary.nll_bits_per_dim = _number(nll.get("bits_per_dim"))
         summary.nll_ci95 = _number(nll.get("ci95"))

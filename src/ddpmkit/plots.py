@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ddpmkit.checkpoint import EVAL_FILE, METRICS_FILE
 from ddpmkit.data import to_uint8
 from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.fileio import atomic_write_bytes
@@ -25,8 +26,6 @@ from ddpmkit.fileio import atomic_write_bytes
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-METRICS_FILE = "metrics.jsonl"
-EVAL_FILE = "eval.json"
 QUALITY_METRICS = {"fid": "fid", "kid": "kid_mean", "kid_mean": "kid_mean"}
 _DPI = 110
 

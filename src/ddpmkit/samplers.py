@@ -135,8 +135,7 @@ def sample(
     check_sampler(sampler, eta)
     if steps is None:
         steps = default_steps(sampler, diffusion.num_steps)
-    timesteps = spaced_timesteps(diffusion.num_steps, steps)
-    if sampler in ("dpm++", "heun"):
+    if sampler in ("dpm++", "heun"):  # their own grids check the step count
         return _solve_ode(
             model,
             diffusion,
@@ -151,6 +150,7 @@ def sample(
             x_T,
             progress,
         )
+    timesteps = spaced_timesteps(diffusion.num_steps, steps)
     if len(timesteps) == diffusion.num_steps:
         spaced, run_model = diffusion, model
         timestep_map = torch.arange(diffusion.num_steps)
