@@ -2,7 +2,9 @@
 
 Configs come from TOML files (``configs/*.toml``), from ``section.key=value`` overrides on the
 command line (a bare ``key=value`` works where the key names one field only), and from the
-``config.json`` saved in every run directory. Every value is checked against its field's type.
+``config.json`` saved in every run directory. Every value is checked against its field's type;
+every mistake (unreadable file, invalid TOML/JSON or UTF-8, unknown key, wrong type, huge or
+non-finite number) is one :class:`ConfigError` of one line.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ddpmkit.data import DataConfig
 from ddpmkit.diffusion import DiffusionConfig
@@ -24,7 +27,13 @@ from ddpmkit.nn.unet import UNetConfig
 from ddpmkit.samplers import SAMPLERS
 from ddpmkit.timesteps import TIMESTEP_SAMPLERS
 
+_T = TypeVar("_T")
+
 LR_SCHEDULES = ("constant", "cosine")
+MAX_CONFIG_BYTES = 1 << 20
+"""Config files larger than this (1 MiB) are refused unread."""
+_INT_LIMIT = 2**63 - 1  # integers must fit in int64 (torch, numpy and JSON readers elsewhere)
+_SHOW_CHARS = 60
 
 
 @dataclass
@@ -50,11 +59,20 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 1000  # 0: only at the end
     checkpoint_every: int = 1000  # 0: only at the end
+    keep_checkpoints: int = 3  # checkpoint directories kept (the newest ones)
+    max_bad_steps: int = 10  # stop after this many non-finite steps in a row
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs ddpmkit[tensorboard])
     time_limit_min: float = 0.0  # > 0: stop after this many minutes; the cosine decay follows time
 
     def validate(self) -> None:
-        positive = ("steps", "batch_size", "grad_accum", "log_every")
+        positive = (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "keep_checkpoints",
+            "max_bad_steps",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -67,12 +85,12 @@ class TrainConfig:
             raise ConfigError(f"train.time_limit_min must be >= 0, got {self.time_limit_min}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
-                f"unknown train.lr_schedule '{self.lr_schedule}': choose one of "
+                f"unknown train.lr_schedule '{_clean(self.lr_schedule)}': choose one of "
                 + ", ".join(LR_SCHEDULES)
             )
         if self.timestep_sampler not in TIMESTEP_SAMPLERS:
             raise ConfigError(
-                f"unknown train.timestep_sampler '{self.timestep_sampler}': choose one of "
+                f"unknown train.timestep_sampler '{_clean(self.timestep_sampler)}': choose one of "
                 + ", ".join(TIMESTEP_SAMPLERS)
             )
         if not 0 <= self.ema_decay < 1:
@@ -102,7 +120,8 @@ class SampleConfig:
     def validate(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ConfigError(
-                f"unknown sample.sampler '{self.sampler}': choose one of {', '.join(SAMPLERS)}"
+                f"unknown sample.sampler '{_clean(self.sampler)}': choose one of "
+                + ", ".join(SAMPLERS)
             )
         if self.num_samples < 1:
             raise ConfigError("sample.num_samples must be >= 1")
@@ -160,6 +179,24 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _show(value: Any) -> str:
+    """``repr(value)`` shortened for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= _SHOW_CHARS else text[: _SHOW_CHARS - 3] + "..."
+
+
+def _clean(text: Any) -> str:
+    """``text`` for a message in quotes: control characters escaped, at most 60 characters."""
+    text = repr(str(text))[1:-1]
+    return text if len(text) <= _SHOW_CHARS else text[: _SHOW_CHARS - 3] + "..."
+
+
+def _checked_int(value: int, where: str) -> int:
+    if abs(value) > _INT_LIMIT:
+        raise ConfigError(f"{where} is too large: integers must lie within ±(2**63 - 1)")
+    return value
+
+
 def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
     """``value`` converted to the annotated type ``tp`` or a ConfigError naming ``where``."""
     origin = typing.get_origin(tp)
@@ -176,7 +213,7 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
         if from_text and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {_show(value)}")
         return tuple(_coerce(v, item_type, where, from_text) for v in value)
     if tp is bool:
         if isinstance(value, bool):
@@ -185,37 +222,55 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
             return True
         if from_text and str(value).lower() in ("false", "no", "0", "off"):
             return False
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        raise ConfigError(f"{where} must be true or false, got {_show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _checked_int(value, where)
         if from_text:
             try:
-                return int(str(value).replace("_", ""))
-            except ValueError:
+                number = int(str(value).replace("_", ""))
+            except ValueError:  # not a number, or more digits than Python converts
                 pass
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
+            else:
+                return _checked_int(number, where)
+        raise ConfigError(f"{where} must be an integer, got {_show(value)}")
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float's range
+                pass
         elif from_text:
             try:
                 number = float(value)
-            except ValueError:
+            except (ValueError, OverflowError):
                 pass
         if number is not None and math.isfinite(number):
             return number
-        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        raise ConfigError(f"{where} must be a finite number, got {_show(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where} must be a string, got {value!r}")
+        raise ConfigError(f"{where} must be a string, got {_show(value)}")
     raise AssertionError(f"unsupported config type {_type_name(tp)} at {where}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _checked(what: str, build: Callable[[], _T]) -> _T:
+    """``build()`` with a stray ValueError/TypeError of a section's checks made a ConfigError."""
+    try:
+        return build()
+    except ConfigError as err:
+        message = str(err)
+        if message.isprintable():
+            raise
+        raise ConfigError(" ".join(message.split())) from None  # a value held a line break
+    except (ValueError, TypeError, ArithmeticError) as err:
+        raise ConfigError(f"invalid {what}: {' '.join(str(err).split())}") from None
 
 
 def _build_section(name: str, values: dict[str, Any], from_text: bool = False) -> Any:
@@ -226,19 +281,24 @@ def _build_section(name: str, values: dict[str, Any], from_text: bool = False) -
     for key, value in values.items():
         if key not in init_fields:
             raise ConfigError(
-                f"unknown key '{name}.{key}': valid keys are {', '.join(sorted(init_fields))}"
+                f"unknown key '{name}.{_clean(key)}': valid keys are "
+                + ", ".join(sorted(init_fields))
             )
         kwargs[key] = _coerce(value, types_by_field[key], f"{name}.{key}", from_text)
     # start from the run's default section (the digits recipe), not the section class's defaults
-    return dataclasses.replace(getattr(RunConfig(), name), **kwargs)
+    return _checked(
+        f"[{name}] config", lambda: dataclasses.replace(getattr(RunConfig(), name), **kwargs)
+    )
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """A validated RunConfig from nested sections (missing keys keep their defaults)."""
-    unknown = set(d) - set(SECTIONS)
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a table of sections, got {_show(d)}")
+    unknown = sorted(map(str, set(d) - set(SECTIONS)))
     if unknown:
         raise ConfigError(
-            f"unknown config section '{sorted(unknown)[0]}': valid sections are "
+            f"unknown config section '{_clean(unknown[0])}': valid sections are "
             + ", ".join(SECTIONS)
         )
     sections = {}
@@ -253,22 +313,45 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
         config.model = dataclasses.replace(
             config.model, learned_variance=config.diffusion.learned_variance
         )
-    config.validate()
+    _checked("config", config.validate)
     return config
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """The nested dict of a TOML or JSON config file."""
+    """The nested dict of a TOML or JSON config file (``.json``: JSON, anything else: TOML)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot parse config file '{path}': {err}") from None
+        if path.is_dir():
+            raise ConfigError(f"config file '{path}' is a folder: give a .toml or .json file")
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' not found")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file '{path}' is {size} bytes: config files are at most "
+                f"{MAX_CONFIG_BYTES} bytes"
+            )
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file '{path}': {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file '{path}' is not valid UTF-8 text (byte {err.start})"
+        ) from None
+    try:
+        loaded = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"cannot parse config file '{path}': nested too deeply") from None
+    except ValueError as err:  # TOMLDecodeError, JSONDecodeError, an integer of 5000 digits
+        message = " ".join(str(err).split())
+        raise ConfigError(f"cannot parse config file '{path}': {message}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config file '{path}' must hold a table of sections, got {type(loaded).__name__}"
+        )
+    return loaded
 
 
 def _resolve_key(key: str) -> tuple[str, str]:
@@ -276,18 +359,21 @@ def _resolve_key(key: str) -> tuple[str, str]:
         section, name = key.split(".", 1)
         if section not in SECTIONS:
             raise ConfigError(
-                f"unknown config section '{section}' in '{key}': valid sections are "
-                + ", ".join(SECTIONS)
+                f"unknown config section '{_clean(section)}' in '{_clean(key)}': "
+                "valid sections are " + ", ".join(SECTIONS)
             )
         names = {f.name for f in dataclasses.fields(SECTIONS[section])}
         if name not in names:
             raise ConfigError(
-                f"unknown key '{key}': valid keys of [{section}] are {', '.join(sorted(names))}"
+                f"unknown key '{_clean(key)}': valid keys of [{section}] are "
+                + ", ".join(sorted(names))
             )
         return section, name
     matches = [s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
     if not matches:
-        raise ConfigError(f"unknown config key '{key}' (write section.key, e.g. train.steps=100)")
+        raise ConfigError(
+            f"unknown config key '{_clean(key)}' (write section.key, e.g. train.steps=100)"
+        )
     if len(matches) > 1:
         raise ConfigError(
             f"config key '{key}' is ambiguous: write one of "
@@ -299,14 +385,21 @@ def _resolve_key(key: str) -> tuple[str, str]:
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``d`` with ``section.key=value`` (or unique ``key=value``) strings applied; values are
     parsed as text for the field's type (lists comma-separated: ``model.channel_mults=1,2,2``)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a table of sections, got {_show(d)}")
     result = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.steps=100)")
+            raise ConfigError(
+                f"override '{_clean(item)}' must look like key=value (e.g. train.steps=100)"
+            )
         key, value = item.split("=", 1)
         section, name = _resolve_key(key.strip())
         tp = _field_types(SECTIONS[section])[name]
-        result.setdefault(section, {})[name] = _coerce(value.strip(), tp, f"{section}.{name}", True)
+        values = result.setdefault(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a table of key = value pairs")
+        values[name] = _coerce(value.strip(), tp, f"{section}.{name}", True)
     return result
 
 
@@ -317,9 +410,15 @@ def resolve_config(
 ) -> RunConfig:
     """Defaults ← ``base`` (e.g. a saved run) ← config file ← overrides, validated."""
     d: dict[str, Any] = base if base is not None else {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a table of sections, got {_show(d)}")
     if file is not None:
         loaded = load_config_file(file)
-        d = {**d, **{k: {**d.get(k, {}), **v} for k, v in loaded.items() if isinstance(v, dict)}}
-        d.update({k: v for k, v in loaded.items() if not isinstance(v, dict)})
+        d = dict(d)
+        for key, value in loaded.items():
+            old = d.get(key)
+            d[key] = (
+                {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+            )
     d = apply_overrides(d, overrides or [])
     return config_from_dict(d)

@@ -34,16 +34,25 @@ transparent pixels is arbitrary. 16-bit grayscale is scaled to 8 bits (``v / 257
 grayscale uses Pillow's ITU-R 601-2 luma; grayscale → RGB replicates the gray level. Each image is
 resized so that its short side equals ``image_size`` and center-cropped to a square, in one
 resampling step (``Image.resize(box=...)``); when the short side already equals ``image_size`` the
-crop is pixel-exact (offset ``(w - h) // 2``) and nothing is resampled. Unreadable files are
-skipped with one :class:`SkippedFilesWarning`.
+crop is pixel-exact (offset ``(w - h) // 2``) and nothing is resampled. Unreadable files
+(truncated, corrupt, empty, not a regular file, or larger than :data:`MAX_IMAGE_PIXELS`, checked
+from the header before anything is decoded) are skipped with one :class:`SkippedFilesWarning`
+that counts them. Symbolic links to files are read; symbolic links to folders are not followed
+(so a link loop cannot hang the search, and nothing outside the folder is read).
+
+``.npz`` files are read without pickle: the ``.npy`` header of the member is checked (dtype
+uint8, shape, size declared vs size stored in the archive, memory) before any data is read, so a
+tampered or hostile archive is one :class:`DataError`, never a huge allocation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -74,12 +83,21 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 MIN_IMAGE_SIZE = 4
 MAX_IMAGE_SIZE = 1024
 
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+"""Images with more pixels (8192 × 8192) are skipped unread: a decompression-bomb guard checked
+on the header's size before decoding, for folders, single images and ``.npz`` arrays. Pillow's
+own ``Image.MAX_IMAGE_PIXELS`` is left as it is; its warning is treated as an error while
+decoding."""
+
 _DIGITS = "digits"
 _UPSCALE_FILTER = Image.Resampling.BICUBIC
 _DOWNSCALE_FILTER = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0  # Pillow: box-reduce first down to 3× the target, then Lanczos
 _LOAD_CHUNK = 2048  # paths handed to the thread pool at a time
 _MAX_EXAMPLES = 3
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_MAX_HEADER = 10_000  # numpy's own default limit on a .npy header
+_READ_CHUNK = 1 << 24
 
 
 class SkippedFilesWarning(UserWarning):
@@ -111,7 +129,7 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a value of the wrong type or out of range."""
-        if not isinstance(self.source, str) or not self.source.strip():
+        if not isinstance(self.source, str) or not self.source.strip() or "\x00" in self.source:
             raise ConfigError(
                 f"data source must be 'digits', an image folder or a .npz path, got {self.source!r}"
             )
@@ -250,17 +268,23 @@ def load_dataset(cfg: DataConfig, *, progress: bool = True) -> ImageDataset:
     if cfg.source == _DIGITS:
         return _load_digits(cfg, progress=progress)
     path = Path(cfg.source).expanduser()
-    if path.is_dir():
-        return _load_folder(path, cfg, source=cfg.source, progress=progress)
-    if path.is_file():
-        if path.suffix.lower() == ".npz":
-            return _load_npz(path, cfg, source=cfg.source, progress=progress)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise DataError(f"data source '{cfg.source}' is a broken symbolic link") from None
         raise DataError(
-            f"data source '{cfg.source}' is a file but not a .npz archive: give 'digits', "
-            f"an image folder, or a .npz file"
-        )
+            f"data source '{cfg.source}' not found: give 'digits', an image folder, or a .npz file"
+        ) from None
+    except OSError as e:  # a symlink loop, a name too long, no permission...
+        raise DataError(f"cannot access data source '{cfg.source}': {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        return _load_folder(path, cfg, source=cfg.source, progress=progress)
+    if stat.S_ISREG(mode) and path.suffix.lower() == ".npz":
+        return _load_npz(path, cfg, source=cfg.source, progress=progress)
+    what = "a file but not a .npz archive" if stat.S_ISREG(mode) else "not a file or a folder"
     raise DataError(
-        f"data source '{cfg.source}' not found: give 'digits', an image folder, or a .npz file"
+        f"data source '{cfg.source}' is {what}: give 'digits', an image folder, or a .npz file"
     )
 
 
@@ -342,50 +366,132 @@ def _load_digits(cfg: DataConfig, *, progress: bool) -> ImageDataset:
 # .npz
 
 
-def _npz_shape_error(where: str, arr: np.ndarray, problem: str) -> DataError:
+def _npz_header_error(
+    where: str, shape: tuple[int, ...], dtype: np.dtype, problem: str
+) -> DataError:
+    hint = ""
+    if dtype.kind == "f":
+        hint = "; convert floats in 0..255 with np.clip(a, 0, 255).round().astype(np.uint8)"
     return DataError(
         f"{where}: {problem}; expected a uint8 array of shape (N, H, W, C) with H == W and "
-        f"C in (1, 3, 4), or (N, H, W); found dtype {arr.dtype}, shape {tuple(arr.shape)}"
+        f"C in (1, 3, 4), or (N, H, W); found dtype {dtype}, shape {shape}{hint}"
     )
 
 
-def _read_npz_array(path: Path, source: str) -> tuple[np.ndarray, str]:
+def _check_npy_header(where: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a ``.npy`` header that cannot hold images, before any data is read."""
+    if dtype.hasobject:
+        raise DataError(
+            f"{where}: holds Python objects, which are never unpickled; expected a uint8 array"
+        )
+    if dtype != np.uint8:
+        raise _npz_header_error(where, shape, dtype, "wrong dtype")
+    if (
+        len(shape) not in (3, 4)
+        or (len(shape) == 4 and shape[-1] not in (1, 3, 4))
+        or any(n < 0 for n in shape)
+    ):
+        raise _npz_header_error(where, shape, dtype, "wrong shape")
+    if shape[1] != shape[2]:
+        raise _npz_header_error(where, shape, dtype, "images are not square")
+    if shape[0] == 0 or shape[1] == 0:
+        raise _npz_header_error(where, shape, dtype, "no images")
+    if shape[1] * shape[2] > MAX_IMAGE_PIXELS:
+        raise _npz_header_error(
+            where, shape, dtype, f"images larger than {MAX_IMAGE_PIXELS} pixels are refused"
+        )
+
+
+def _physical_memory() -> int | None:
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"cannot read '{source}' as a .npz file: {e}") from e
-    if isinstance(loaded, np.ndarray):  # a .npy saved under a .npz name
-        return loaded, f"'{source}'"
-    with loaded:
-        keys = list(loaded.files)
-        if "arr_0" in keys:
-            key = "arr_0"
-        elif len(keys) == 1:
-            key = keys[0]
-        else:
-            found = ", ".join(map(repr, keys)) if keys else "no arrays"
-            raise DataError(
-                f"'{source}': expected the images under key 'arr_0' or as the only array; "
-                f"found {found}"
-            )
-        try:
-            return loaded[key], f"'{source}' [{key}]"
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise DataError(f"cannot read array '{key}' of '{source}': {e}") from e
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
+def _read_npy(fp: Any, stored: int, where: str) -> np.ndarray:
+    """The uint8 array of an open ``.npy`` stream of ``stored`` bytes.
+
+    The header is checked against :func:`_check_npy_header`, and the size it declares against
+    the bytes stored (and the machine's memory), before anything is allocated.
+    """
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        header = np.lib.format.read_array_header_1_0(fp, max_header_size=_NPY_MAX_HEADER)
+    elif version == (2, 0):
+        header = np.lib.format.read_array_header_2_0(fp, max_header_size=_NPY_MAX_HEADER)
+    else:
+        raise DataError(f"{where}: unsupported .npy format version {version[0]}.{version[1]}")
+    shape, fortran_order, dtype = header
+    shape = tuple(int(n) for n in shape)
+    _check_npy_header(where, shape, dtype)
+    count = int(np.prod(shape, dtype=object))
+    data_bytes = stored - fp.tell()
+    if count != data_bytes:
+        raise DataError(
+            f"{where}: truncated or tampered: the header declares shape {shape} ({count} bytes) "
+            f"but {data_bytes} bytes of data are stored"
+        )
+    memory = _physical_memory()
+    if memory is not None and count > memory:
+        raise DataError(
+            f"{where}: {count / 2**30:.1f} GiB of images do not fit in this machine's "
+            f"{memory / 2**30:.1f} GiB of memory"
+        )
+    flat = np.empty(count, dtype=np.uint8)
+    view = memoryview(flat)
+    done = 0
+    while done < count:
+        chunk = fp.read(min(_READ_CHUNK, count - done))
+        if not chunk:
+            raise DataError(f"{where}: truncated: {count - done} bytes of image data missing")
+        view[done : done + len(chunk)] = chunk
+        done += len(chunk)
+    if fp.read(1):  # reading to the end also makes zipfile check the CRC
+        raise DataError(f"{where}: more data stored than the header declares")
+    if fortran_order:
+        return flat.reshape(shape[::-1]).transpose()
+    return flat.reshape(shape)
+
+
+def _read_npz_array(path: Path, source: str) -> tuple[np.ndarray, str]:
+    """The images of a ``.npz`` (``arr_0`` or its only array; a bare ``.npy`` also works)."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(_NPY_MAGIC)) == _NPY_MAGIC:  # a .npy saved under a .npz name
+                handle.seek(0)
+                where = f"'{source}'"
+                return _read_npy(handle, os.fstat(handle.fileno()).st_size, where), where
+        with zipfile.ZipFile(path) as archive:
+            members = {
+                (info.filename[:-4] if info.filename.endswith(".npy") else info.filename): info
+                for info in archive.infolist()
+            }
+            if "arr_0" in members:
+                key = "arr_0"
+            elif len(members) == 1:
+                (key,) = members
+            else:
+                found = ", ".join(map(repr, members)) if members else "no arrays"
+                raise DataError(
+                    f"'{source}': expected the images under key 'arr_0' or as the only array; "
+                    f"found {found}"
+                )
+            where = f"'{source}' [{key if key.isprintable() else repr(key)}]"
+            with archive.open(members[key]) as member:
+                return _read_npy(member, members[key].file_size, where), where
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"'{source}': not enough memory to load its images") from None
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib, struct and numpy raise many kinds
+        raise DataError(f"cannot read '{source}' as a .npz file: {_reason(e)}") from None
 
 
 def _load_npz(path: Path, cfg: DataConfig, *, source: str, progress: bool) -> ImageDataset:
-    arr, where = _read_npz_array(path, source)
-    if arr.dtype != np.uint8:
-        raise _npz_shape_error(where, arr, "wrong dtype")
+    arr, _ = _read_npz_array(path, source)
     if arr.ndim == 3:
         arr = arr[..., None]
-    elif arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
-        raise _npz_shape_error(where, arr, "wrong shape")
-    if arr.shape[1] != arr.shape[2]:
-        raise _npz_shape_error(where, arr, "images are not square")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise _npz_shape_error(where, arr, "no images")
     arr = _convert_channels(arr, cfg.channels)
     arr = _resize_square_float(arr, cfg.image_size, progress=progress, desc="resizing")
     return ImageDataset(_to_tensor_nchw(arr), source=source, kind="npz")
@@ -397,7 +503,8 @@ def _load_npz(path: Path, cfg: DataConfig, *, source: str, progress: bool) -> Im
 
 def _list_images(root: Path) -> list[Path]:
     found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    # followlinks=False: a link to a folder (maybe to an ancestor: a loop) is not descended
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
@@ -458,9 +565,21 @@ def _square(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), _DOWNSCALE_FILTER, box=box, reducing_gap=_REDUCING_GAP)
 
 
+class _UnreadableImage(DataError):
+    """One file of an image folder cannot be used (too large, not a regular file)."""
+
+
 def _decode(path: Path, size: int, channels: int) -> np.ndarray:
-    """One file → ``(C, size, size)`` uint8; raises whatever Pillow raises for a bad file."""
+    """One file → ``(C, size, size)`` uint8; raises whatever Pillow raises for a bad file.
+
+    Call it inside :func:`_bomb_warnings_as_errors`.
+    """
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block open() forever
+        raise _UnreadableImage("not a regular file")
     with Image.open(path) as im:
+        w, h = im.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise _UnreadableImage(f"{w}x{h} pixels, more than the limit of {MAX_IMAGE_PIXELS}")
         # JPEG only: let the decoder downscale by 1/2..1/8 while keeping both sides >= 3·size.
         im.draft(None, (int(size * _REDUCING_GAP), int(size * _REDUCING_GAP)))
         im.load()
@@ -482,10 +601,23 @@ def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
     if not path.is_file():
         raise DataError(f"image '{path}' not found")
     try:
-        array = _decode(path, size, channels)
+        with _bomb_warnings_as_errors():
+            array = _decode(path, size, channels)
     except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a bad file
         raise DataError(f"cannot read image '{path}': {_reason(e)}") from None
     return from_uint8(torch.from_numpy(array.copy()))
+
+
+@contextlib.contextmanager
+def _bomb_warnings_as_errors() -> Iterator[None]:
+    """Raise Pillow's DecompressionBombWarning as an error (the file is then skipped).
+
+    Enter it in the thread that starts the decoding threads: ``catch_warnings`` swaps the
+    process-wide filter list, which the worker threads read.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def _try_decode(path: Path, size: int, channels: int) -> np.ndarray | Exception:
@@ -495,10 +627,13 @@ def _try_decode(path: Path, size: int, channels: int) -> np.ndarray | Exception:
         return e
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: BaseException) -> str:
+    """One short line: the exception's type and the first line of its message."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if len(msg) > 80:
         msg = msg[:77] + "..."
+    if isinstance(e, DataError) and msg:
+        return msg
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
@@ -518,7 +653,7 @@ def _load_folder(root: Path, cfg: DataConfig, *, source: str, progress: bool) ->
     bar = tqdm(
         total=len(paths), desc=f"loading {root.name or source}", unit="img", disable=not progress
     )
-    with bar, ThreadPoolExecutor(max_workers=workers) as pool:
+    with bar, _bomb_warnings_as_errors(), ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(paths), _LOAD_CHUNK):
             chunk = paths[start : start + _LOAD_CHUNK]
             results = pool.map(_try_decode, chunk, [size] * len(chunk), [ch] * len(chunk))

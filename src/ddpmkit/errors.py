@@ -21,3 +21,7 @@ class DataError(DdpmkitError):
 
 class RunDirError(DdpmkitError):
     """A run directory is missing or incomplete."""
+
+
+class CorruptFileError(RunDirError):
+    """A file of a run directory (weights, optimizer state) is missing, truncated or tampered."""
