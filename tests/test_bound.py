@@ -1,5 +1,7 @@
 """The variational bound of Ho et al. (eq. 5) on Gaussian data with the exact optimal model,
-checked term by term against independent computations (scipy quadrature, closed forms)."""
+checked term by term against independent computations (scipy quadrature, closed forms). The
+model is the numpy oracle of tests/gaussian_oracle.py, and the Gaussians q and p_θ that the
+expected values use are written here from the papers' formulas, not read from ddpmkit."""
 
 import math
 
@@ -9,15 +11,33 @@ import torch
 from scipy import integrate, special, stats
 
 from ddpmkit.diffusion import GaussianDiffusion
-from ddpmkit.gaussian import GaussianDataDenoiser
 from ddpmkit.schedules import make_schedule
+from gaussian_oracle import GaussianOracle
 
 MU, S = 0.1, 0.3
+T = 1000
+BETAS = np.linspace(1e-4, 0.02, T)  # Ho et al.'s linear schedule
+ALPHA_BAR = np.cumprod(1 - BETAS)
+ALPHA_BAR_PREV = np.concatenate([[1.0], ALPHA_BAR[:-1]])
+BETA_TILDE = (1 - ALPHA_BAR_PREV) / (1 - ALPHA_BAR) * BETAS  # eq. 7
+ORACLE = GaussianOracle(ALPHA_BAR, MU, S)
 
 
-def make(variance="fixed_small", T=1000):
-    d = GaussianDiffusion(make_schedule("linear", T), variance=variance)
-    return d, GaussianDataDenoiser(d, MU, S)
+def make(variance="fixed_small"):
+    return GaussianDiffusion(make_schedule("linear", T), variance=variance), ORACLE
+
+
+def posterior_mean(x0, xt, t):
+    """μ̃_t(x_t, x_0) = √ᾱ_{t−1} β_t/(1−ᾱ_t) x_0 + √α_t (1−ᾱ_{t−1})/(1−ᾱ_t) x_t (eq. 7)."""
+    b, ab, abp = BETAS[t], ALPHA_BAR[t], ALPHA_BAR_PREV[t]
+    return np.sqrt(abp) * b / (1 - ab) * x0 + np.sqrt(1 - b) * (1 - abp) / (1 - ab) * xt
+
+
+def model_variance(variance, t):
+    """σ_t² of p_θ: β̃_t (fixed_small) or β_t (fixed_large), with β̃_2 at the first step."""
+    if t == 0:
+        return BETA_TILDE[1]
+    return BETA_TILDE[t] if variance == "fixed_small" else BETAS[t]
 
 
 def posterior_var_x0(ab):
@@ -32,12 +52,12 @@ def test_kl_term_pointwise_equals_quadrature(variance, t):
     x0 = torch.tensor([[0.35], [-0.6]], dtype=torch.float64)
     xt = torch.tensor([[0.2], [1.4]], dtype=torch.float64)
     tt = torch.full((2,), t)
-    step = d.p_mean_variance(model, xt, tt)
-    ours = d.vb_terms(step, x0, xt, tt).numpy()
-    qm, qv, _ = d.q_posterior(x0, xt, tt)
+    ours = d.vb_terms(d.p_mean_variance(model, xt, tt), x0, xt, tt).numpy()
     for i in range(2):
-        q = stats.norm(qm[i, 0].item(), math.sqrt(qv[i, 0].item()))
-        p = stats.norm(step.mean[i, 0].item(), math.sqrt(step.variance[i, 0].item()))
+        x0_i, xt_i = x0[i, 0].item(), xt[i, 0].item()
+        q = stats.norm(posterior_mean(x0_i, xt_i, t), math.sqrt(BETA_TILDE[t]))
+        p_mean = posterior_mean(model.posterior_x0(xt_i, t), xt_i, t)
+        p = stats.norm(p_mean, math.sqrt(model_variance(variance, t)))
         lo, hi = q.ppf(1e-13), q.isf(1e-13)
         kl, _ = integrate.quad(
             lambda x, q=q, p=p: q.pdf(x) * (q.logpdf(x) - p.logpdf(x)),
@@ -59,15 +79,14 @@ def test_expected_kl_term_matches_closed_form(variance, t):
     n = 200_000
     x0 = MU + S * torch.randn(n, 1, generator=gen, dtype=torch.float64)
     tt = torch.full((n,), t)
-    xt = d.q_sample(x0, tt, torch.randn(n, 1, generator=gen, dtype=torch.float64))
+    noise = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    xt = math.sqrt(ALPHA_BAR[t]) * x0 + math.sqrt(1 - ALPHA_BAR[t]) * noise  # eq. 4
     terms = d.vb_terms(d.p_mean_variance(model, xt, tt), x0, xt, tt).numpy()
-    b = d.schedule.betas.numpy()
-    ab = np.cumprod(1 - b)
-    q_var = b[t] * (1 - ab[t - 1]) / (1 - ab[t])
-    p_var = q_var if variance == "fixed_small" else b[t]
-    coef1 = math.sqrt(ab[t - 1]) * b[t] / (1 - ab[t])
+    q_var = BETA_TILDE[t]
+    p_var = model_variance(variance, t)
+    coef1 = math.sqrt(ALPHA_BAR_PREV[t]) * BETAS[t] / (1 - ALPHA_BAR[t])
     expected = 0.5 * (math.log(p_var / q_var) + q_var / p_var - 1) + coef1**2 * posterior_var_x0(
-        ab[t]
+        ALPHA_BAR[t]
     ) / (2 * p_var)
     se = terms.std() / math.sqrt(n)
     assert terms.mean() == pytest.approx(expected, abs=5 * se + 1e-12)
@@ -83,11 +102,12 @@ def test_decoder_term_pointwise_equals_scipy():
     x0 = quantize(MU + S * torch.randn(4000, 1, generator=gen, dtype=torch.float64))
     x0[:3, 0] = torch.tensor([-1.0, 1.0, 1 - 2 / 255], dtype=torch.float64)  # edge bins too
     tt = torch.zeros(4000, dtype=torch.long)
-    x1 = d.q_sample(x0, tt, torch.randn(4000, 1, generator=gen, dtype=torch.float64))
-    step = d.p_mean_variance(model, x1, tt)
-    ours = d.vb_terms(step, x0, x1, tt).numpy()
-    m = step.mean.numpy()[:, 0]
-    sd = np.sqrt(step.variance.numpy()[:, 0])
+    noise = torch.randn(4000, 1, generator=gen, dtype=torch.float64)
+    x1 = math.sqrt(ALPHA_BAR[0]) * x0 + math.sqrt(1 - ALPHA_BAR[0]) * noise
+    ours = d.vb_terms(d.p_mean_variance(model, x1, tt), x0, x1, tt).numpy()
+    # at t = 1 the posterior mean is x̂_0 itself (coef1 = 1, coef2 = 0) and σ² = β̃_2
+    m = posterior_mean(model.posterior_x0(x1.numpy()[:, 0], 0), x1.numpy()[:, 0], 0)
+    sd = math.sqrt(model_variance("fixed_small", 0))
     x = x0.numpy()[:, 0]
     lo = np.where(x <= -1 + 1e-9, -np.inf, (x - 1 / 255 - m) / sd)
     hi = np.where(x >= 1 - 1e-9, np.inf, (x + 1 / 255 - m) / sd)

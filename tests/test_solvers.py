@@ -3,7 +3,8 @@
 With the exact denoiser every solver step is affine in x, so the sampler maps x_T to A·x_T + B and
 the sample variance is exactly A² (x_T ~ N(0, 1)). The recurrences below re-derive A and B in
 numpy, written from the papers' update rules and independent of ddpmkit's code (only the choice of
-timesteps is shared, and it is tested separately). The exact probability-flow ODE maps
+timesteps is shared, and it is tested separately); the model is the numpy oracle of
+tests/gaussian_oracle.py. The exact probability-flow ODE maps
 N(0, 1/ᾱ_T) in x/α space to variance s²(1 + σ̃_T²)/(s² + σ̃_T²) ≈ s², the target as NFE grows.
 """
 
@@ -13,10 +14,10 @@ import torch
 
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError
-from ddpmkit.gaussian import GaussianDataDenoiser
 from ddpmkit.samplers import function_evaluations, sample
 from ddpmkit.schedules import make_schedule
 from ddpmkit.solvers import karras_timesteps, log_snr_timesteps
+from gaussian_oracle import GaussianOracle
 
 MU, S = 0.1, 0.3
 T = 1000
@@ -113,6 +114,10 @@ DERIVED = {
 }
 
 
+def oracle_model(prediction="eps"):
+    return GaussianOracle(ALPHA_BAR, MU, S, prediction)
+
+
 def diffusion(prediction="eps", variance="fixed_small"):
     return GaussianDiffusion(make_schedule("linear", T), prediction=prediction, variance=variance)
 
@@ -122,7 +127,7 @@ def affine_map(sampler, steps, prediction="eps"):
     d = diffusion(prediction)
     x_T = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     out = sample(
-        GaussianDataDenoiser(d, MU, S),
+        oracle_model(prediction),
         d,
         (2, 1),
         sampler=sampler,
@@ -174,7 +179,7 @@ def test_monte_carlo_moments_match_the_derivation(sampler, steps):
     d = diffusion()
     n = 40_000
     x = sample(
-        GaussianDataDenoiser(d, MU, S),
+        oracle_model(),
         d,
         (n, 1),
         sampler=sampler,
@@ -192,7 +197,7 @@ def test_monte_carlo_moments_match_the_derivation(sampler, steps):
 @pytest.mark.parametrize("sampler,calls", [("dpm++", 7), ("heun", 13), ("ddim", 7)])
 def test_network_calls_are_counted_exactly(sampler, calls):
     d = diffusion()
-    oracle = GaussianDataDenoiser(d, MU, S)
+    oracle = oracle_model()
     seen = []
 
     def model(x, t):
@@ -207,7 +212,7 @@ def test_network_calls_are_counted_exactly(sampler, calls):
 @pytest.mark.parametrize("sampler", ["dpm++", "heun"])
 def test_learned_variance_models_use_their_mean_output_only(sampler):
     d = diffusion(variance="learned_range")
-    oracle = GaussianDataDenoiser(diffusion(), MU, S)
+    oracle = oracle_model()
 
     def model(x, t):
         return torch.cat([oracle(x, t), torch.full_like(x, 0.3)], dim=1)
@@ -223,7 +228,7 @@ def test_callback_sees_every_step_and_ends_on_the_output():
     d = diffusion()
     steps_seen = []
     out = sample(
-        GaussianDataDenoiser(d, MU, S),
+        oracle_model(),
         d,
         (5, 1),
         sampler="heun",
@@ -273,4 +278,4 @@ def test_karras_grid_follows_the_rho_7_schedule():
 def test_bad_requests_are_config_errors(kwargs, match):
     d = diffusion()
     with pytest.raises(ConfigError, match=match):
-        sample(GaussianDataDenoiser(d, MU, S), d, (2, 1), **kwargs)
+        sample(oracle_model(), d, (2, 1), **kwargs)

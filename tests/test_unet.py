@@ -338,7 +338,8 @@ def test_linear_attention_matches_reference() -> None:
 # --- packaging --------------------------------------------------------------------------------
 
 
-def test_importing_nn_loads_only_errors_from_ddpmkit() -> None:
+def test_importing_nn_loads_only_errors_and_precision_from_ddpmkit() -> None:
+    """The network knows nothing of the diffusion, data or training."""
     code = (
         "import sys, ddpmkit.nn; print(sorted(m for m in sys.modules if m.startswith('ddpmkit')))"
     )
@@ -347,4 +348,4 @@ def test_importing_nn_loads_only_errors_from_ddpmkit() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     ).stdout
     loaded = {m for m in ast.literal_eval(out) if not m.startswith("ddpmkit.nn")}
-    assert loaded == {"ddpmkit", "ddpmkit.errors"}
+    assert loaded == {"ddpmkit", "ddpmkit.errors", "ddpmkit.precision"}

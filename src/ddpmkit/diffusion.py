@@ -17,7 +17,9 @@ from tqdm.auto import tqdm
 
 from ddpmkit.errors import ConfigError
 from ddpmkit.likelihood import discretized_gaussian_log_likelihood, normal_kl
+from ddpmkit.precision import autocast_disabled
 from ddpmkit.schedules import SCHEDULE_NAMES, Schedule, make_schedule
+from ddpmkit.seeding import PerSampleGenerator
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,13 +30,55 @@ LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 def normal_like(
-    shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor
+    shape: tuple[int, ...],
+    generator: torch.Generator | PerSampleGenerator | None,
+    like: torch.Tensor,
 ) -> torch.Tensor:
     """Standard normal noise drawn from ``generator`` on its own device (so a CPU generator gives
-    the same numbers whatever the data's device), returned with ``like``'s device and dtype."""
+    the same numbers whatever the data's device), returned with ``like``'s device and dtype. A
+    :class:`~ddpmkit.seeding.PerSampleGenerator` draws row j of the noise from generator j."""
+    if isinstance(generator, PerSampleGenerator):
+        return generator.randn(shape, like.dtype).to(like.device)
     device = generator.device if generator is not None else like.device
     noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype)
     return noise.to(like.device)
+
+
+def loss_dtype(data_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the training loss is computed in: the data's, but at least float32 (float64
+    data stays float64; bf16/fp16 data and model outputs are promoted)."""
+    return torch.promote_types(data_dtype, torch.float32)
+
+
+def check_learned_variance_respacing(
+    variance: str, num_steps: int, trained_steps: int | None
+) -> None:
+    """Refuse the raw ``learned`` variance on a process of ``num_steps`` < ``trained_steps``.
+
+    With ``variance="learned"`` the network outputs log σ² of p_θ(x_{t−1}|x_t) for the T-step
+    process it was trained on, where each step's variance lies between β̃_t and β_t (Nichol &
+    Dhariwal 2021, §3.1). Respacing to K < T steps (ibid. §4) makes every step longer:
+    β'_i = 1 − ᾱ_{s_i}/ᾱ_{s_{i−1}} and β̃'_i grow with the stride (at K = 50 of T = 1000 up to
+    about 19 times β_{s_i} and β̃_{s_i}, linear and cosine schedules), so the trained log σ² is
+    the wrong variance and ancestral samples (and the bound) get far too little noise.
+
+    Why refuse rather than convert: the only conversion is to read the raw log σ² as a fraction
+    of [log β̃_t, log β_t] and reuse that fraction on [log β̃'_i, log β'_i]. It divides by
+    log β_t − log β̃_t, which tends to 0 at large t (8e−7 at t = T, linear schedule), so it
+    amplifies the network's error without bound and extrapolates outside the range; nothing in
+    training constrains the raw output to that range either. ``learned_range`` learns exactly
+    that fraction (eq. 15), which is why it respaces. DDIM (any η), DPM-Solver++ and Heun do not
+    use the variance and work at any step count.
+    """
+    if variance == "learned" and trained_steps is not None and num_steps < trained_steps:
+        raise ConfigError(
+            f"variance='learned' (the network outputs log σ² directly) is only valid on the "
+            f"{trained_steps}-step process it was trained on, not on {num_steps} respaced steps "
+            f"(their variances differ): sample with all {trained_steps} steps "
+            f"(--steps {trained_steps}), use a sampler that ignores the variance (ddim, dpm++, "
+            "heun), or train with diffusion.variance=learned_range, which carries over to "
+            "respaced steps"
+        )
 
 
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
@@ -145,6 +189,8 @@ class GaussianDiffusion:
         self._tables64 = schedule.as_dict()
         self._fixed_large_log_variance = self._make_fixed_large_log_variance()
         self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        # T of the diffusion this one was respaced from (None: not respaced); see log_variance
+        self.respaced_from: int | None = None
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> GaussianDiffusion:
@@ -310,13 +356,17 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """log σ_t² of p_θ(x_{t−1}|x_t): β̃_t (fixed_small), β_t (fixed_large), the network's
         output (learned), or log σ² = v log β_t + (1 − v) log β̃_t with v = (output + 1)/2
-        (learned_range, Nichol & Dhariwal 2021, eq. 15)."""
+        (learned_range, Nichol & Dhariwal 2021, eq. 15).
+
+        On a respaced diffusion (fewer steps than the network was trained with) ``learned`` is
+        refused with a :class:`ConfigError`, see :func:`check_learned_variance_respacing`."""
         if self.variance == "fixed_small":
             return self.coef("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
         if self.variance == "fixed_large":
             return self.coef("fixed_large_log_variance", t, x_t).expand_as(x_t)
         assert values is not None, "learned variances need the model's variance output"
         if self.variance == "learned":
+            check_learned_variance_respacing(self.variance, self.num_steps, self.respaced_from)
             return values
         fraction = (values + 1.0) / 2.0
         log_small = self.coef("posterior_log_variance_clipped", t, x_t)
@@ -455,6 +505,11 @@ class GaussianDiffusion:
 
         ``weights`` (e.g. importance weights 1/(T p_t)) multiply the per-example values in the
         mean, so that a non-uniform t keeps the estimate unbiased.
+
+        Precision: only the network call sees autocast. Its output is cast to
+        :func:`loss_dtype` (float32, or float64 for float64 data) and the targets, the elementwise
+        loss and the VLB terms are computed with autocast switched off, so a bf16 autocast run
+        (``train.amp``) differs from a float32 one only through the network's own rounding.
         """
         batch = x0.shape[0]
         if t is None:
@@ -464,20 +519,28 @@ class GaussianDiffusion:
             noise = normal_like(x0.shape, generator, x0)
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, t)
-        prediction, _ = self.split_output(output, x_t)
-        dims = x0[0].numel()
-        if self.loss == "kl":
-            step = self.reverse_step(output, x_t, t)
-            per_example = self.num_steps * self.vb_terms(step, x0, x_t, t) / (dims * math.log(2))
-        else:
-            target = self.training_target(x0, noise, t)
-            per_example = self.elementwise_loss(prediction, target).flatten(1).mean(dim=1)
-            if self.loss == "hybrid":
-                step = self.reverse_step(output, x_t, t, detach_mean=True)
-                vb = self.vb_terms(step, x0, x_t, t) / (dims * math.log(2))
-                per_example = per_example + self.vb_weight * self.num_steps * vb
-        weighted = per_example if weights is None else per_example * weights
-        return LossOutput(loss=weighted.mean(), per_example=per_example, t=t)
+        # Everything after the network runs in (at least) float32 with autocast off: under bf16
+        # autocast the targets, the elementwise loss and the VLB terms would otherwise inherit
+        # bf16 rounding (8-bit mantissa) from the output or from autocast's op lists.
+        dtype = loss_dtype(x0.dtype)
+        with autocast_disabled(x0.device):
+            x0, noise, x_t = x0.to(dtype), noise.to(dtype), x_t.to(dtype)
+            output = output.to(dtype)
+            prediction, _ = self.split_output(output, x_t)
+            dims = x0[0].numel()
+            if self.loss == "kl":
+                step = self.reverse_step(output, x_t, t)
+                vb = self.vb_terms(step, x0, x_t, t)
+                per_example = self.num_steps * vb / (dims * math.log(2))
+            else:
+                target = self.training_target(x0, noise, t)
+                per_example = self.elementwise_loss(prediction, target).flatten(1).mean(dim=1)
+                if self.loss == "hybrid":
+                    step = self.reverse_step(output, x_t, t, detach_mean=True)
+                    vb = self.vb_terms(step, x0, x_t, t) / (dims * math.log(2))
+                    per_example = per_example + self.vb_weight * self.num_steps * vb
+            weighted = per_example if weights is None else per_example * weights.to(dtype)
+            return LossOutput(loss=weighted.mean(), per_example=per_example, t=t)
 
     # ------------------------------------------------------------------ respacing
     def respaced(self, timesteps: list[int]) -> tuple[GaussianDiffusion, torch.Tensor]:
@@ -497,6 +560,7 @@ class GaussianDiffusion:
         spaced = GaussianDiffusion(
             schedule, self.prediction, self.variance, self.loss, self.vb_weight
         )
+        spaced.respaced_from = self.respaced_from or self.num_steps
         return spaced, index
 
 

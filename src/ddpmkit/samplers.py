@@ -2,7 +2,9 @@
 
 One entry point, :func:`sample`. Every sampler runs over a (possibly respaced) diffusion, calls
 ``callback`` after each step with the current x_t and the predicted x_0, and draws all its noise
-from ``generator``, so the same seed gives the same images.
+from ``generator``, so the same seed gives the same images. With a
+:class:`~ddpmkit.seeding.PerSampleGenerator` every noise tensor is drawn row by row, each sample
+from its own stream, so a sample's noise does not depend on the rest of its batch.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from tqdm.auto import tqdm
 from ddpmkit.diffusion import (
     GaussianDiffusion,
     Model,
+    check_learned_variance_respacing,
     normal_like,
     spaced_timesteps,
     wrap_respaced,
 )
 from ddpmkit.errors import ConfigError
+from ddpmkit.seeding import NoiseGenerator
 from ddpmkit.solvers import dpm_solver_pp_2m, heun
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "heun")
@@ -68,7 +72,7 @@ def _ddpm_step(
     x: torch.Tensor,
     i: int,
     clip_x0: bool,
-    generator: torch.Generator | None,
+    generator: NoiseGenerator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x_{t−1} = μ_θ(x_t, t) + σ_t z, no noise at the last step (Ho et al., Algorithm 2)."""
     t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
@@ -86,7 +90,7 @@ def _ddim_step(
     i: int,
     eta: float,
     clip_x0: bool,
-    generator: torch.Generator | None,
+    generator: NoiseGenerator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DDIM (Song et al. 2021, eq. 12): x_{t'} = √ᾱ_{t'} x̂_0 + √(1−ᾱ_{t'}−σ²) ε̂ + σ z with
     σ = η √((1−ᾱ_{t'})/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_{t'}) (eq. 16); η = 0 is deterministic."""
@@ -114,7 +118,7 @@ def sample(
     steps: int | None = None,
     eta: float = 0.0,
     clip_x0: bool = True,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator | None = None,
     callback: Callback | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -130,7 +134,9 @@ def sample(
     ``sampler="dpm++"``: DPM-Solver++(2M) (Lu et al. 2022) in ``steps`` network calls (default 20);
     ``sampler="heun"``: Heun's method on Karras et al.'s σ schedule, ``steps`` steps (default 18)
     costing 2·steps − 1 calls (see :mod:`ddpmkit.solvers`).
-    ``x_T`` overrides the initial noise. Returns x_0 in the data scale ([−1, 1] for images).
+    ``generator``: a :class:`torch.Generator`, or a :class:`~ddpmkit.seeding.PerSampleGenerator`
+    for one noise stream per sample. ``x_T`` overrides the initial noise. Returns x_0 in the
+    data scale ([−1, 1] for images).
     """
     check_sampler(sampler, eta)
     if steps is None:
@@ -151,6 +157,8 @@ def sample(
             progress,
         )
     timesteps = spaced_timesteps(diffusion.num_steps, steps)
+    if sampler == "ddpm":  # fail before any network call
+        check_learned_variance_respacing(diffusion.variance, len(timesteps), diffusion.num_steps)
     if len(timesteps) == diffusion.num_steps:
         spaced, run_model = diffusion, model
         timestep_map = torch.arange(diffusion.num_steps)
@@ -181,7 +189,7 @@ def _solve_ode(
     sampler: str,
     steps: int,
     clip_x0: bool,
-    generator: torch.Generator | None,
+    generator: NoiseGenerator | None,
     callback: Callback | None,
     device: torch.device | str | None,
     dtype: torch.dtype,
@@ -205,12 +213,13 @@ def _solve_ode(
 
 def _initial_noise(
     shape: Sequence[int],
-    generator: torch.Generator | None,
+    generator: NoiseGenerator | None,
     device: torch.device | str | None,
     dtype: torch.dtype,
     x_T: torch.Tensor | None,
 ) -> torch.Tensor:
-    """x_T ~ N(0, I) from ``generator``, or the given ``x_T`` moved to ``device`` and ``dtype``."""
+    """x_T ~ N(0, I) from ``generator`` (row by row for a per-sample generator), or the given
+    ``x_T`` moved to ``device`` and ``dtype``."""
     if device is None:
         device = x_T.device if x_T is not None else torch.device("cpu")
     device = torch.device(device)

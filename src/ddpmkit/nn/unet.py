@@ -30,6 +30,7 @@ from ddpmkit.nn.blocks import (
     zero_module,
 )
 from ddpmkit.nn.embeddings import SinusoidalTimeEmbedding
+from ddpmkit.precision import autocast_disabled
 
 BLOCK_TYPES = ("resnet", "convnext")
 
@@ -348,7 +349,18 @@ class UNet(nn.Module):
             h = layer(h, emb)
         for layer in self.up:
             h = layer(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+        return self.output_layer(h)
+
+    def output_layer(self, h: torch.Tensor) -> torch.Tensor:
+        """GN→SiLU→conv3x3 out, in the dtype of its weights with autocast switched off.
+
+        Under bfloat16 autocast (``train.amp``) the body runs in bf16, whose 8-bit mantissa would
+        round ε̂ to about 3 significant digits; the loss compares ε̂ with ε, so the last layer
+        runs on float32 ``h`` with float32 weights and the prediction comes out in float32.
+        Without autocast nothing changes (a bf16 model still returns bf16).
+        """
+        with autocast_disabled(h.device):
+            return self.out(h.to(self.out[-1].weight.dtype))
 
     def num_parameters(self) -> int:
         """Number of parameters (all are trainable)."""
