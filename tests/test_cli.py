@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from PIL import Image
 from conftest import TINY, read_metrics
 from ddpmkit import __version__
 from ddpmkit.cli import _build_parser, main
+from ddpmkit.rundir import RunDir
 from ddpmkit.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +91,17 @@ def test_every_command_is_listed(capsys):
 
 EXPECTED_OPTIONS = {
     "train": {"--config", "--data", "--out", "--resume", "--no-progress"},
-    "sample": {"--n", "--sampler", "--steps", "--eta", "--seed", "--batch", "--out", "--gif"}
+    "sample": {
+        "--n",
+        "--sampler",
+        "--steps",
+        "--eta",
+        "--seed",
+        "--batch",
+        "--out",
+        "--gif",
+        "--step",
+    }
     | {"--npz", "--weights", "--no-clip", "--device", "--no-progress"},
     "forward": {"--schedule", "--steps", "--num", "--size", "--gray", "--seed", "--out"},
 }
@@ -113,9 +126,12 @@ def test_help_of_each_command_lists_every_option(command, capsys):
 # ---------------------------------------------------------------------- train → sample
 def test_train_writes_a_complete_run(run_dir, capsys):
     names = {p.name for p in run_dir.iterdir()}
-    assert {"config.json", "state.json", "metrics.jsonl", "samples"} <= names
-    assert {"model.safetensors", "ema.safetensors", "optimizer.safetensors"} <= names
-    assert json.loads((run_dir / "state.json").read_text())["step"] == 6
+    assert {"config.json", "checkpoints", "metrics.jsonl", "samples"} <= names
+    checkpoint = run_dir / "checkpoints" / "step_0000006"
+    assert {"model.safetensors", "ema.safetensors", "optimizer.safetensors"} <= {
+        p.name for p in checkpoint.iterdir()
+    }
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 6
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["steps"] == 6 and config["model"]["channel_mults"] == [1, 2]
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
@@ -146,6 +162,27 @@ def test_sample_writes_grid_npz_and_gif(run_dir, tmp_path, capsys):
         image.seek(image.n_frames - 1)
         last = np.asarray(image.convert("L"), dtype=float)
     assert not np.array_equal(first, last)  # from noise to the samples
+
+
+def test_step_picks_a_checkpoint(shapes_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(shapes_npz), "--out", str(run), "--no-progress"]
+    assert main([*argv, *TINY, "train.steps=6", "train.checkpoint_every=3"]) == 0
+    outputs = {}
+    for step in ("3", "6"):
+        path = tmp_path / f"s{step}.npz"
+        sample = ["sample", str(run), "--n", "2", "--steps", "5", "--step", step]
+        assert main([*sample, "--npz", str(path), "--out", str(tmp_path / "g.png")]) == 0
+        assert f"from step {step}" in capsys.readouterr().out
+        with np.load(path) as data:
+            outputs[step] = data["arr_0"]
+    assert not np.array_equal(outputs["3"], outputs["6"])
+    for command in (["sample", "--n", "2"], ["nll", "--n", "2"], ["eval", "--n", "2"]):
+        assert main([command[0], str(run), *command[1:], "--step", "4", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"ddpm {command[0]}: error: '{run}' has no checkpoint of step 4 (it has 3, 6)"
+        ]
 
 
 def test_sample_with_the_same_seed_is_identical(run_dir, tmp_path, capsys):
@@ -237,32 +274,40 @@ def test_user_mistakes_give_one_line_and_exit_code_2(
 
 
 # ---------------------------------------------------------------------- Ctrl-C and resume
-def test_ctrl_c_then_resume(shapes_npz, tmp_path, capsys, monkeypatch):
+def saved_step(run) -> int:
+    return RunDir(run).load_checkpoint(files=()).step
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_then_resume(shapes_npz, tmp_path, capsys, monkeypatch, request, signum, code):
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
     run = tmp_path / "run"
     calls = 0
     next_batch = Trainer._next_batch
 
-    def interrupt(self, size):
+    def signal_in_step_2(self, size):
         nonlocal calls
         calls += 1
-        if calls == 3:
-            raise KeyboardInterrupt
+        if calls == 2:
+            os.kill(os.getpid(), signum)
         return next_batch(self, size)
 
-    monkeypatch.setattr(Trainer, "_next_batch", interrupt)
+    monkeypatch.setattr(Trainer, "_next_batch", signal_in_step_2)
     argv = ["train", "--data", str(shapes_npz), "--out", str(run), "--no-progress"]
-    assert main([*argv, *TINY, "train.steps=4"]) == 130
+    assert main([*argv, *TINY, "train.steps=4"]) == code
     err = capsys.readouterr().err.strip()
+    name = signal.Signals(signum).name
     assert err == (
-        f"ddpm train: interrupted at step 2; checkpoint saved in {run}; "
+        f"ddpm train: {name}: stopped at step 2; checkpoint saved in {run}; "
         f"continue with `ddpm train --resume {run}`"
     )
-    assert json.loads((run / "state.json").read_text())["step"] == 2
+    assert saved_step(run) == 2
     monkeypatch.setattr(Trainer, "_next_batch", next_batch)
 
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert "done: step 4" in capsys.readouterr().out
-    assert json.loads((run / "state.json").read_text())["step"] == 4
+    assert saved_step(run) == 4
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
 
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0

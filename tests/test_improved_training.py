@@ -2,16 +2,15 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import tiny_overrides
-from ddpmkit.checkpoint import load_extra_tensors
 from ddpmkit.cli import main
 from ddpmkit.config import resolve_config
+from ddpmkit.rundir import RunDir
 from ddpmkit.training import Trainer
 
 
@@ -28,13 +27,14 @@ def test_hybrid_learned_range_with_importance_sampling_trains_and_resumes(shapes
     assert config.model.learned_variance  # derived from the diffusion's variance
     result = Trainer(config, tmp_path / "run", progress=False).train()
     assert result.step == 12
-    extra = load_extra_tensors(tmp_path / "run")
+    extra = RunDir(tmp_path / "run").load_checkpoint().tensors["train_state"]
     assert int(extra["timesteps.counts"].sum()) == 12 * 16  # every (t, loss) pair recorded
     more = resolve_config(None, [*overrides, "train.steps=14"])
     resumed = Trainer(more, tmp_path / "run", resume=True, progress=False)
-    assert int(resumed.timestep_sampler.counts.sum()) == 12 * 16
+    assert int(resumed.state.timestep_sampler.counts.sum()) == 12 * 16
     resumed.train()
-    assert int(load_extra_tensors(tmp_path / "run")["timesteps.counts"].sum()) == 14 * 16
+    extra = RunDir(tmp_path / "run").load_checkpoint().tensors["train_state"]
+    assert int(extra["timesteps.counts"].sum()) == 14 * 16
 
 
 def test_nll_command_prints_and_writes_json(shapes_npz, tmp_path, capsys):
@@ -77,7 +77,6 @@ def test_nll_command_prints_and_writes_json(shapes_npz, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("ddpm nll: error:")
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_ddp_training_on_cpu_with_two_processes(shapes_npz, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -98,7 +97,46 @@ def test_ddp_training_on_cpu_with_two_processes(shapes_npz, tmp_path):
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((run / "state.json").read_text())["step"] == 6
+    assert RunDir(run).checkpoint_steps() == [3, 6]
+    state = RunDir(run).load_checkpoint()
+    assert state.step == 6 and state.state["world_size"] == 2
+    ranks = {k.split(".")[0] for k in state.tensors["train_state"] if k.startswith("rank")}
+    assert ranks == {"rank0", "rank1"}  # every process's generators are saved
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]  # rank 0 only
     assert (run / "samples" / "step_000006.png").is_file()
+
+
+def test_ddp_skips_a_step_that_is_non_finite_on_one_rank_only(shapes_npz, tmp_path):
+    """Rank 1's loss is NaN in step 3, rank 0's is finite: both skip the update (one all-reduced
+    flag) and neither hangs waiting for the other."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    from ddp_worker import train_rank
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = tmp_path / "ddp"
+    overrides = tiny_overrides(shapes_npz, "train.steps=5")
+    context = mp.start_processes(
+        train_rank,
+        args=(2, str(run), overrides, port, 3),
+        nprocs=2,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + 180
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a DDP process hung")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert sum(r.get("skipped_steps", 0) for r in records) == 1  # rank 0 skipped it as well
+    state = RunDir(run).load_checkpoint(files=())
+    assert state.step == 5 and state.state["skipped_steps"] == 1

@@ -1,117 +1,74 @@
-"""Run directories: atomic writes, weights and optimizer state in safetensors, step consistency."""
+"""RunDir: checkpoint directories with manifests, fallback, pruning, disk errors, the 0.1 layout,
+and TrainState's named-tensor serialisation (no pickle)."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import ddpmkit
-from conftest import TINY, temp_files
-from ddpmkit import checkpoint as ckpt
-from ddpmkit import fileio
+from conftest import TINY
+from ddpmkit import rundir as rundir_module
 from ddpmkit.config import resolve_config
 from ddpmkit.errors import RunDirError
-from ddpmkit.fileio import atomic_save_tensors, atomic_write_bytes, atomic_write_text
 from ddpmkit.generate import load_run
 from ddpmkit.nn import UNet
+from ddpmkit.rundir import CheckpointWriteError, NonFiniteStateError, RunDir
+from ddpmkit.train_state import TrainState, optimizer_to_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# ---------------------------------------------------------------------- atomic writes
-def test_atomic_write_leaves_only_the_file(tmp_path):
-    path = tmp_path / "sub" / "config.json"
-    atomic_write_text(path, "first\n")
-    atomic_write_text(path, "second\n")
-    atomic_save_tensors(tmp_path / "w.safetensors", {"a": torch.arange(3.0)}, {"step": "1"})
-    assert path.read_text(encoding="utf-8") == "second\n"
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.json", "sub", "w.safetensors"]
-
-
-def test_written_files_get_the_usual_permissions(tmp_path):
-    """A temporary file is private (0600); the renamed result must not stay so."""
-    expected = 0o666 & ~current_umask()
-    atomic_write_text(tmp_path / "a.json", "{}")
-    atomic_save_tensors(tmp_path / "b.safetensors", {"a": torch.zeros(1)}, {})
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == expected
-    assert (tmp_path / "b.safetensors").stat().st_mode & 0o777 == expected
-
-
-@pytest.mark.parametrize("exception", [RuntimeError("disk full"), KeyboardInterrupt()])
-def test_interrupted_tensor_write_keeps_the_previous_file(tmp_path, monkeypatch, exception):
-    path = tmp_path / "model.safetensors"
-    old = {"w": torch.arange(6.0).view(2, 3)}
-    atomic_save_tensors(path, old, {"step": "1"})
-    before = path.read_bytes()
-
-    def half_then_fail(tensors, filename, metadata=None):
-        save_file(tensors, filename, metadata=metadata)
-        data = Path(filename).read_bytes()
-        Path(filename).write_bytes(data[: len(data) // 2])  # half of the new file is on disk
-        raise exception
-
-    monkeypatch.setattr(fileio, "save_file", half_then_fail)
-    with pytest.raises(type(exception)):
-        atomic_save_tensors(path, {"w": torch.ones(2, 3)}, {"step": "2"})
-    assert path.read_bytes() == before
-    assert torch.equal(load_file(str(path))["w"], old["w"])
-    assert temp_files(tmp_path) == []
-    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
-
-
-def test_interrupted_text_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    path = tmp_path / "state.json"
-    atomic_write_text(path, '{"step": 1}\n')
-
-    def fail(fd):
-        raise OSError("I/O error")
-
-    monkeypatch.setattr(fileio.os, "fsync", fail)
-    with pytest.raises(OSError, match="I/O error"):
-        atomic_write_bytes(path, b'{"step": 2}\n')
-    assert path.read_text(encoding="utf-8") == '{"step": 1}\n'
-    assert temp_files(tmp_path) == []
-
-
-# ---------------------------------------------------------------------- a saved run
 @pytest.fixture
 def config():
     return resolve_config(overrides=TINY)
 
 
-def trained(config, steps=3, seed=0):
-    """A tiny model, its perturbed EMA copy and an AdamW that has taken ``steps`` steps."""
+def make_state(config, steps=3, seed=0) -> TrainState:
+    """A tiny model, a perturbed EMA copy, and an AdamW that has taken ``steps`` steps."""
     torch.manual_seed(seed)
     model = UNet(config.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.8, 0.95))
-    x = torch.randn(4, 1, 8, 8)
-    t = torch.tensor([0, 5, 10, 40])
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 5, 10, 40])
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = (model(x, t)[:, :1] - x).pow(2).mean()
-        loss.backward()
+        (model(x, t)[:, :1] - x).pow(2).mean().backward()
         optimizer.step()
     ema = UNet(config.model)
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=True):
             e.copy_(0.5 * p + 0.01)
-    return model, ema, optimizer
+    return TrainState(
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        timestep_sampler=None,
+        data_gen=torch.Generator().manual_seed(seed),
+        noise_gen=torch.Generator().manual_seed(seed + 1),
+        device=torch.device("cpu"),
+        step=steps,
+        elapsed_s=1.5,
+    )
 
 
-def save(run_dir, config, model, ema, optimizer, step=3):
-    rng = torch.arange(10, dtype=torch.uint8)
-    ckpt.save_checkpoint(run_dir, config, model, ema, optimizer, rng, ckpt.TrainingState(step, 1.5))
+def save(run: RunDir, state: TrainState, keep: int = 3) -> Path:
+    tensors, metadata, meta = state.state_dict()
+    return run.save_checkpoint(state.step, tensors, metadata, meta, keep=keep)
+
+
+def new_run(tmp_path, config) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    run.write_config(config)
+    return run
 
 
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module):
@@ -121,95 +78,125 @@ def assert_same_state(a: torch.nn.Module, b: torch.nn.Module):
         assert torch.equal(sa[key], sb[key]), key
 
 
-def test_checkpoint_files_and_state(tmp_path, config):
-    model, ema, optimizer = trained(config)
-    save(tmp_path, config, model, ema, optimizer, step=3)
-    names = sorted(p.name for p in tmp_path.iterdir())
+# ---------------------------------------------------------------------- layout and manifest
+def test_checkpoint_directory_and_manifest(tmp_path, config):
+    run = new_run(tmp_path, config)
+    state = make_state(config)
+    folder = save(run, state)
+    assert folder == run.path / "checkpoints" / "step_0000003"
+    names = sorted(p.name for p in folder.iterdir())
     assert names == [
-        "config.json",
         "ema.safetensors",
+        "manifest.json",
         "model.safetensors",
         "optimizer.safetensors",
         "state.json",
+        "train_state.safetensors",
     ]
-    assert json.loads((tmp_path / "state.json").read_text()) == {"step": 3, "elapsed_s": 1.5}
-    assert ckpt.load_run_config(tmp_path) == config
-    assert ckpt.read_training_state(tmp_path) == ckpt.TrainingState(3, 1.5)
+    assert (run.path / "checkpoints" / "latest").read_text() == "step_0000003\n"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["step"] == 3 and set(manifest["files"]) == set(names) - {"manifest.json"}
+    for name, entry in manifest["files"].items():  # hashes recomputed here, independently
+        data = (folder / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    state_json = json.loads((folder / "state.json").read_text())
+    assert state_json["step"] == 3 and state_json["elapsed_s"] == 1.5
+    assert run.read_config() == config
+    assert [p.name for p in run.path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_state_json_is_written_last(tmp_path, config, monkeypatch):
-    order = []
-    real_text, real_tensors = ckpt.atomic_write_text, ckpt.atomic_save_tensors
-
-    def text(path, data):
-        order.append(path.name)
-        real_text(path, data)
-
-    def tensors(path, data, metadata):
-        order.append(path.name)
-        assert metadata["step"] == "3"
-        real_tensors(path, data, metadata)
-
-    monkeypatch.setattr(ckpt, "atomic_write_text", text)
-    monkeypatch.setattr(ckpt, "atomic_save_tensors", tensors)
-    save(tmp_path, config, *trained(config, steps=1), step=3)
-    assert order[-1] == "state.json"
-    assert set(order) == {
-        "config.json",
-        "optimizer.safetensors",
-        "model.safetensors",
-        "ema.safetensors",
-        "state.json",
-    }
+def test_weights_round_trip_and_load_run_picks_a_step(tmp_path, config):
+    run = new_run(tmp_path, config)
+    early = make_state(config, steps=1)
+    save(run, early)
+    late = make_state(config, steps=4)
+    save(run, late)
+    loaded = load_run(run.path, device="cpu")
+    assert loaded.step == 4 and loaded.config == config
+    assert_same_state(loaded.model, late.ema)
+    assert_same_state(load_run(run.path, weights="model", device="cpu").model, late.model)
+    assert_same_state(load_run(run.path, device="cpu", step=1).model, early.ema)
+    with pytest.raises(RunDirError, match=r"has no checkpoint of step 2 \(it has 1, 4\)"):
+        load_run(run.path, device="cpu", step=2)
 
 
-def test_model_and_ema_weights_round_trip(tmp_path, config):
-    model, ema, optimizer = trained(config)
-    save(tmp_path, config, model, ema, optimizer, step=3)
-    fresh_model, fresh_ema = UNet(config.model), UNet(config.model)
-    assert ckpt.load_weights(tmp_path, fresh_model, "model") == 3
-    assert ckpt.load_weights(tmp_path, fresh_ema, "ema") == 3
-    assert_same_state(fresh_model, model)
-    assert_same_state(fresh_ema, ema)
-    # the two files really hold different weights
-    assert not torch.equal(fresh_model.out[-1].weight, fresh_ema.out[-1].weight)
-    # load_run rebuilds the model from config.json alone and uses the EMA by default
-    run = load_run(tmp_path, device="cpu")
-    assert run.step == 3 and run.config == config
-    assert_same_state(run.model, ema)
-    assert_same_state(load_run(tmp_path, weights="model", device="cpu").model, model)
+def test_keep_checkpoints_deletes_the_oldest_only_after_the_new_one(tmp_path, config):
+    run = new_run(tmp_path, config)
+    for steps in range(1, 6):
+        save(run, make_state(config, steps=steps), keep=2)
+        assert run.checkpoint_steps() == list(range(max(1, steps - 1), steps + 1))
+    assert run.latest_step() == 5
 
 
-def test_optimizer_state_round_trips_without_pickle(tmp_path, config):
-    model, ema, optimizer = trained(config, steps=3)
-    save(tmp_path, config, model, ema, optimizer)
-    # the file is plain safetensors: tensors plus JSON metadata
-    tensors = load_file(str(tmp_path / "optimizer.safetensors"))
-    assert torch.equal(tensors["rng.train"], torch.arange(10, dtype=torch.uint8))
+def test_saving_a_step_again_replaces_it(tmp_path, config):
+    run = new_run(tmp_path, config)
+    save(run, make_state(config, steps=2, seed=0))
+    other = make_state(config, steps=2, seed=5)
+    save(run, other)
+    assert run.checkpoint_steps() == [2]
+    assert_same_state(load_run(run.path, device="cpu").model, other.ema)
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["latest", "step_0000002"]
 
-    restored_model = UNet(config.model)
-    ckpt.load_weights(tmp_path, restored_model, "model")
-    restored = torch.optim.AdamW(restored_model.parameters(), lr=123.0)
-    rng = ckpt.load_optimizer(tmp_path, restored)
-    assert torch.equal(rng, torch.arange(10, dtype=torch.uint8))
 
-    original, loaded = optimizer.state_dict(), restored.state_dict()
+def test_optimizer_and_generators_round_trip_without_pickle(tmp_path, config):
+    run = new_run(tmp_path, config)
+    state = make_state(config, steps=3)
+    torch.rand(5, generator=state.data_gen)  # move the streams somewhere particular
+    state.order, state.cursor = torch.randperm(20, generator=state.data_gen), 7
+    np.random.seed(3)
+    random.seed(4)
+    save(run, state)
+    expected = (
+        torch.rand(3, generator=state.data_gen),
+        torch.rand(3, generator=state.noise_gen),
+        torch.rand(3),
+        np.random.rand(3),
+        random.random(),
+    )
+    # the file is plain safetensors: named tensors, metadata as JSON
+    folder = run.checkpoint_path(3)
+    train = load_file(str(folder / "train_state.safetensors"))
+    assert {"rank0.rng.data", "rank0.rng.noise", "rank0.rng.torch", "rank0.rng.numpy"} <= set(train)
+
+    fresh = make_state(config, steps=0, seed=9)
+    torch.manual_seed(123)
+    np.random.seed(0)
+    random.seed(0)
+    fresh.load_state_dict(run.load_checkpoint())
+    assert fresh.step == 3 and fresh.cursor == 7 and torch.equal(fresh.order, state.order)
+    assert torch.equal(torch.rand(3, generator=fresh.data_gen), expected[0])
+    assert torch.equal(torch.rand(3, generator=fresh.noise_gen), expected[1])
+    assert torch.equal(torch.rand(3), expected[2])
+    assert np.array_equal(np.random.rand(3), expected[3])
+    assert random.random() == expected[4]
+
+    original, loaded = state.optimizer.state_dict(), fresh.optimizer.state_dict()
     assert loaded["param_groups"] == original["param_groups"]  # lr, betas, eps, ...
-    assert original["state"].keys() == loaded["state"].keys()
-    assert len(original["state"]) == len(list(model.parameters()))
-    for pid, state in original["state"].items():
-        assert state.keys() == loaded["state"][pid].keys() == {"step", "exp_avg", "exp_avg_sq"}
-        for key, value in state.items():
+    assert len(original["state"]) == len(list(state.model.parameters()))
+    for pid, values in original["state"].items():
+        assert values.keys() == loaded["state"][pid].keys() == {"step", "exp_avg", "exp_avg_sq"}
+        for key, value in values.items():
             assert torch.equal(loaded["state"][pid][key], value), (pid, key)
-            assert loaded["state"][pid][key].dtype == value.dtype
-
     # the restored optimizer continues exactly like the original
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 30])
-    for m, opt in ((model, optimizer), (restored_model, restored)):
-        opt.zero_grad()
-        m(x, t).square().mean().backward()
-        opt.step()
-    assert_same_state(restored_model, model)
+    for s in (state, fresh):
+        s.optimizer.zero_grad()
+        s.model(x, t).square().mean().backward()
+        s.optimizer.step()
+    assert_same_state(fresh.model, state.model)
+
+
+def test_another_world_size_reseeds_every_rank_distinctly(tmp_path, config):
+    run = new_run(tmp_path, config)
+    save(run, make_state(config))
+    checkpoint = run.load_checkpoint()
+    draws = []
+    for rank in range(2):
+        fresh = make_state(config, steps=0)
+        fresh.load_state_dict(checkpoint, rank=rank, world_size=2)
+        assert fresh.step == 3 and fresh.cursor == 0 and len(fresh.order) == 0
+        draws.append(torch.rand(4, generator=fresh.data_gen))
+    assert not torch.equal(draws[0], draws[1])
 
 
 def test_no_pickle_is_ever_loaded():
@@ -225,78 +212,207 @@ def test_no_pickle_is_ever_loaded():
         assert "allow_pickle=True" not in text, path
 
 
-@pytest.mark.parametrize("which", ["model", "ema", "optimizer"])
-def test_step_mismatch_between_files_and_state_json(tmp_path, config, which):
-    model, ema, optimizer = trained(config, steps=1)
-    save(tmp_path, config, model, ema, optimizer, step=3)
-    # a later checkpoint got as far as writing one file, then died before state.json
-    later = {"model": model, "ema": ema}.get(which)
-    path = tmp_path / f"{which}.safetensors"
-    if later is None:
-        tensors, meta = ckpt.optimizer_to_tensors(optimizer)
-        tensors["rng.train"] = torch.zeros(1, dtype=torch.uint8)
-        atomic_save_tensors(path, tensors, {"step": "4", "optimizer": meta})
-    else:
-        atomic_save_tensors(path, later.state_dict(), {"step": "4"})
+# ---------------------------------------------------------------------- damaged checkpoints
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
 
-    fresh = UNet(config.model)
-    with pytest.raises(RunDirError) as info:
-        if which == "optimizer":
-            ckpt.load_optimizer(tmp_path, torch.optim.AdamW(fresh.parameters()))
-        else:
-            ckpt.load_weights(tmp_path, fresh, which)
+
+def flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor: same size, still valid safetensors
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_one_byte, Path.unlink])
+def test_a_damaged_latest_falls_back_to_the_newest_good_one(tmp_path, config, damage):
+    run = new_run(tmp_path, config)
+    good = make_state(config, steps=2)
+    save(run, good)
+    save(run, make_state(config, steps=3))
+    damage(run.checkpoint_path(3) / "ema.safetensors")
+    with pytest.warns(UserWarning, match="checkpoint of step 3 is unusable .* step 2 instead"):
+        loaded = load_run(run.path, device="cpu")
+    assert loaded.step == 2
+    assert_same_state(loaded.model, good.ema)
+    with pytest.raises(RunDirError, match="ema.safetensors"):  # asked for by step: no fallback
+        load_run(run.path, device="cpu", step=3)
+
+
+def test_a_truncated_only_checkpoint_is_one_clear_error(tmp_path, config, capsys):
+    from ddpmkit.cli import main
+
+    run = new_run(tmp_path, config)
+    save(run, make_state(config))
+    truncate(run.checkpoint_path(3) / "ema.safetensors")
+    assert main(["sample", str(run.path), "--n", "2", "--steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "no usable checkpoint" in err and "SHA-256" in err
+
+
+def test_a_missing_manifest_or_latest_pointer(tmp_path, config):
+    run = new_run(tmp_path, config)
+    save(run, make_state(config, steps=2))
+    save(run, make_state(config, steps=3))
+    (run.checkpoints_dir / "latest").unlink()
+    assert run.load_checkpoint(files=()).step == 3  # the newest complete one
+    (run.checkpoint_path(3) / "manifest.json").unlink()  # incomplete: not a checkpoint
+    assert run.checkpoint_steps() == [2]
+    assert run.load_checkpoint(files=()).step == 2
+
+
+def test_leftovers_of_an_interrupted_write_are_ignored_then_removed(tmp_path, config):
+    run = new_run(tmp_path, config)
+    save(run, make_state(config, steps=2))
+    leftover = run.checkpoints_dir / ".tmp-step_0000003-deadbeef"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
+    assert run.checkpoint_steps() == [2]
+    save(run, make_state(config, steps=3))
+    assert not leftover.exists()
+
+
+def test_non_finite_tensors_are_never_written(tmp_path, config):
+    run = new_run(tmp_path, config)
+    save(run, make_state(config, steps=2))
+    state = make_state(config, steps=3)
+    with torch.no_grad():
+        next(state.ema.parameters())[0].fill_(float("nan"))
+    with pytest.raises(NonFiniteStateError, match="ema/.* holds NaN or Inf"):
+        save(run, state)
+    assert run.checkpoint_steps() == [2]
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["latest", "step_0000002"]
+
+
+# ---------------------------------------------------------------------- disk errors
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
+def test_a_failed_write_is_one_clear_error_and_keeps_earlier_checkpoints(
+    tmp_path, config, monkeypatch, code
+):
+    run = new_run(tmp_path, config)
+    good = make_state(config, steps=2)
+    save(run, good)
+    real = rundir_module._write_synced
+    calls = 0
+
+    def fail_on_the_third_file(path, data):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            with open(path, "wb") as handle:  # part of the file reached the disk
+                handle.write(data[: len(data) // 3])
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(rundir_module, "_write_synced", fail_on_the_third_file)
+    with pytest.raises(CheckpointWriteError) as info:
+        save(run, make_state(config, steps=3))
     message = str(info.value)
-    assert f"{which}.safetensors holds step 4 but state.json says 3" in message
-    # the files of the consistent checkpoint still load
-    other = "ema" if which == "model" else "model"
-    assert ckpt.load_weights(tmp_path, UNet(config.model), other) == 3
+    assert "cannot write the checkpoint of step 3" in message and os.strerror(code) in message
+    assert "earlier checkpoints are intact (newest: step 2)" in message
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["latest", "step_0000002"]
+    monkeypatch.undo()
+    assert_same_state(load_run(run.path, device="cpu").model, good.ema)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_run_directory(tmp_path, config):
+    run = new_run(tmp_path, config)
+    save(run, make_state(config, steps=2))
+    os.chmod(run.checkpoints_dir, 0o555)
+    try:
+        with pytest.raises(CheckpointWriteError, match="Permission denied"):
+            save(run, make_state(config, steps=3))
+    finally:
+        os.chmod(run.checkpoints_dir, 0o755)
+    assert run.checkpoint_steps() == [2]
+
+
+# ---------------------------------------------------------------------- plain errors
 def test_run_dir_without_config_json(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
-    for load in (ckpt.require_run_dir, ckpt.load_run_config, ckpt.load_config_dict, load_run):
-        with pytest.raises(RunDirError, match="is not a run directory: it has no config.json"):
-            load(tmp_path)
+    with pytest.raises(RunDirError, match="is not a run directory: it has no config.json"):
+        load_run(tmp_path)
     with pytest.raises(RunDirError, match="not found"):
         load_run(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="is a file, not a run directory"):
+        load_run(tmp_path / "file")
 
 
-def test_run_dir_without_weights(tmp_path, config):
-    (tmp_path / "config.json").write_text(config.to_json())
-    with pytest.raises(RunDirError, match="is missing: the run has no saved weights yet"):
-        load_run(tmp_path, device="cpu")
-    with pytest.raises(RunDirError, match="cannot resume the optimizer"):
-        ckpt.load_optimizer(tmp_path, torch.optim.AdamW(UNet(config.model).parameters()))
+def test_run_dir_without_checkpoint(tmp_path, config):
+    run = new_run(tmp_path, config)
+    with pytest.raises(RunDirError, match="has no checkpoint yet"):
+        load_run(run.path, device="cpu")
 
 
-def test_corrupt_json_files_are_run_dir_errors(tmp_path, config):
+def test_corrupt_config_json_is_a_run_dir_error(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(RunDirError, match="not valid JSON"):
-        ckpt.load_run_config(tmp_path)
-    with pytest.raises(RunDirError, match="not valid JSON"):
-        ckpt.load_config_dict(tmp_path)
-    (tmp_path / "config.json").write_text(config.to_json())
-    (tmp_path / "state.json").write_text('{"step": ')
-    with pytest.raises(RunDirError, match="state.json is unreadable"):
-        ckpt.read_training_state(tmp_path)
+        RunDir(tmp_path).read_config()
 
 
 def test_weights_that_do_not_fit_the_config(tmp_path, config):
-    model, ema, optimizer = trained(config, steps=1)
-    save(tmp_path, config, model, ema, optimizer)
+    run = new_run(tmp_path, config)
+    save(run, make_state(config))
     wider = resolve_config(overrides=[*TINY, "model.base_channels=16"])
-    with pytest.raises(RunDirError, match="does not fit the model"):
-        ckpt.load_weights(tmp_path, UNet(wider.model), "ema")
-    deeper = resolve_config(overrides=[*TINY, "model.blocks_per_resolution=2"])
-    with pytest.raises(RunDirError, match="does not fit the model"):
-        ckpt.load_weights(tmp_path, UNet(deeper.model), "ema")
+    run.write_config(wider)
+    with pytest.raises(RunDirError, match="do not fit the model"):
+        load_run(run.path, device="cpu")
 
 
-def test_append_metrics(tmp_path):
-    ckpt.append_metrics(tmp_path, {"step": 1, "loss": 0.5})
-    ckpt.append_metrics(tmp_path, {"step": 2, "loss": 0.25})
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [
-        {"step": 1, "loss": 0.5},
-        {"step": 2, "loss": 0.25},
+def test_metrics_lines_and_truncation(tmp_path):
+    run = RunDir(tmp_path)
+    for step in (1, 2, 3):
+        run.append_metrics({"step": step, "loss": 1.0 / step})
+    with open(run.metrics_path, "a") as handle:
+        handle.write('{"step": 4, "lo')  # cut short by a crash
+    assert [r["step"] for r in run.read_metrics()] == [1, 2, 3]
+    run.truncate_metrics(2)
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+    run.metrics_path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(RunDirError, match="line 2, is not valid JSON"):
+        run.read_metrics()
+
+
+# ---------------------------------------------------------------------- ddpmkit 0.1 run dirs
+def write_flat_run(folder: Path, config, state: TrainState, cursor: int) -> None:
+    """A run directory exactly as ddpmkit 0.1 wrote it (format 1), built here by hand."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(config.to_json())
+    meta = {"step": str(state.step)}
+    save_file(dict(state.model.state_dict()), str(folder / "model.safetensors"), meta)
+    save_file(dict(state.ema.state_dict()), str(folder / "ema.safetensors"), meta)
+    parts = [
+        state.data_gen.get_state(),
+        state.noise_gen.get_state(),
+        torch.get_rng_state(),
+        state.order.to(torch.int64).view(torch.uint8),
     ]
+    header = torch.tensor([-4, cursor, *(p.numel() for p in parts)], dtype=torch.int64)
+    tensors, opt_meta = optimizer_to_tensors(state.optimizer)
+    tensors["rng.train"] = torch.cat([header.view(torch.uint8), *parts])
+    save_file(tensors, str(folder / "optimizer.safetensors"), {**meta, "optimizer": opt_meta})
+    (folder / "state.json").write_text(json.dumps({"step": state.step, "elapsed_s": 2.0}))
+
+
+def test_a_run_directory_of_version_0_1_still_loads_and_resumes(tmp_path, config):
+    state = make_state(config, steps=3)
+    state.order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+    torch.rand(4, generator=state.data_gen)
+    write_flat_run(tmp_path / "old", config, state, cursor=4)
+    expected = torch.rand(3, generator=state.data_gen)
+    loaded = load_run(tmp_path / "old", device="cpu")
+    assert loaded.step == 3
+    assert_same_state(loaded.model, state.ema)
+    fresh = make_state(config, steps=0, seed=7)
+    fresh.load_state_dict(RunDir(tmp_path / "old").load_checkpoint())
+    assert fresh.step == 3 and fresh.cursor == 4 and torch.equal(fresh.order, state.order)
+    assert torch.equal(torch.rand(3, generator=fresh.data_gen), expected)
+    assert_same_state(fresh.model, state.model)
+    # a 0.1 file of another step than its state.json: one clear line
+    meta = {"step": "4"}
+    save_file(dict(state.ema.state_dict()), str(tmp_path / "old" / "ema.safetensors"), meta)
+    with pytest.raises(RunDirError, match="holds step 4 but state.json says 3"):
+        load_run(tmp_path / "old", device="cpu")

@@ -1,5 +1,6 @@
-"""The Trainer on a tiny data set of shapes: loss, EMA, learning rate, run directory, resume,
-Ctrl-C and reproducibility."""
+"""The Trainer on a tiny data set of shapes: loss, EMA, learning rate, run directory, resume after
+SIGINT/SIGTERM at any point of a step, the non-finite guard, gradient accumulation and clipping,
+on both the float32 and the bfloat16-autocast path."""
 
 from __future__ import annotations
 
@@ -8,20 +9,20 @@ import math
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import read_metrics, temp_files, tiny_config, tiny_overrides
 from ddpmkit import training
-from ddpmkit.checkpoint import load_config_dict
 from ddpmkit.config import resolve_config
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.nn import UNet
+from ddpmkit.rundir import RunDir
 from ddpmkit.training import (
     Trainer,
     TrainingDiverged,
@@ -33,14 +34,14 @@ from ddpmkit.training import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RUN_FILES = {
-    "config.json",
-    "state.json",
+RUN_FILES = {"config.json", "checkpoints", "metrics.jsonl", "samples"}
+CHECKPOINT_FILES = {
     "model.safetensors",
     "ema.safetensors",
     "optimizer.safetensors",
-    "metrics.jsonl",
-    "samples",
+    "train_state.safetensors",
+    "state.json",
+    "manifest.json",
 }
 
 
@@ -48,19 +49,47 @@ def train(config, run_dir, resume=False):
     return Trainer(config, run_dir, resume=resume, progress=False).train()
 
 
-def file_step(path) -> str:
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata()["step"]
+def latest(run_dir) -> Path:
+    run = RunDir(run_dir)
+    return run.checkpoint_path(run.latest_step())
 
 
-def weights(path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+def saved_step(run_dir) -> int:
+    return json.loads((latest(run_dir) / "state.json").read_text())["step"]
+
+
+def saved(run_dir, name) -> dict[str, torch.Tensor]:
+    return load_file(str(latest(run_dir) / f"{name}.safetensors"))
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def assert_same_run(a, b):
+    """Bit-identical weights, EMA and optimizer state, and the same logged losses."""
+    for name in ("model", "ema", "optimizer"):
+        assert_same_tensors(saved(a, name), saved(b, name))
+    assert [r["loss"] for r in read_metrics(a)] == [r["loss"] for r in read_metrics(b)]
+
+
+@pytest.fixture(params=["float32", "bfloat16"])
+def precision(request, monkeypatch):
+    """Both numeric paths, whatever this CPU has: bf16 autocast forced on, or amp off."""
+    if request.param == "bfloat16":
+        monkeypatch.setattr(training, "bf16_autocast_supported", lambda device: True)
+        return ("train.amp=true",)
+    return ("train.amp=false",)
+
+
+@pytest.fixture
+def interactive_sigint(request):
+    """A process started in the background (CI, nohup, `&`) inherits SIGINT as ignored: give a
+    test the interactive Ctrl-C behaviour it is about, and put the inherited one back after."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
 
 
 # ---------------------------------------------------------------------- pure schedules
@@ -134,8 +163,7 @@ def test_a_time_limit_stops_training_with_a_checkpoint(shapes_npz, tmp_path):
     result = train(config, tmp_path / "run")
     assert 1 <= result.step < 100000
     assert 0.6 <= result.elapsed_s <= 5.0
-    state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert state["step"] == result.step
+    assert saved_step(tmp_path / "run") == result.step
     records = read_metrics(tmp_path / "run")
     assert records[-1]["step"] == result.step
     assert records[-1]["lr"] < 0.05 * config.train.lr  # the cosine decay ran out with the time
@@ -144,9 +172,14 @@ def test_a_time_limit_stops_training_with_a_checkpoint(shapes_npz, tmp_path):
 
 
 # ---------------------------------------------------------------------- training
-def test_training_lowers_the_loss(shapes_npz, tmp_path):
+def test_training_lowers_the_loss(shapes_npz, tmp_path, precision):
     config = tiny_config(
-        shapes_npz, "train.steps=40", "train.lr=5e-3", "train.warmup_steps=5", "train.log_every=10"
+        shapes_npz,
+        "train.steps=40",
+        "train.lr=5e-3",
+        "train.warmup_steps=5",
+        "train.log_every=10",
+        *precision,
     )
     result = train(config, tmp_path / "run")
     records = read_metrics(tmp_path / "run")
@@ -161,16 +194,17 @@ def test_training_lowers_the_loss(shapes_npz, tmp_path):
 def test_run_directory_contents(shapes_npz, tmp_path):
     run = tmp_path / "run"
     config = tiny_config(
-        shapes_npz, "train.steps=10", "train.sample_every=4", "train.checkpoint_every=5"
+        shapes_npz, "train.steps=10", "train.sample_every=4", "train.checkpoint_every=3"
     )
     result = train(config, run)
     assert {p.name for p in run.iterdir()} == RUN_FILES
     assert temp_files(run) == []
     assert result.run_dir == run and result.step == 10
-    assert json.loads((run / "state.json").read_text())["step"] == 10
-    for name in ("model", "ema", "optimizer"):
-        assert file_step(run / f"{name}.safetensors") == "10"
-    assert load_config_dict(run) == json.loads(config.to_json())
+    # checkpoints at 3, 6, 9 and the end; the default keeps the newest 3
+    assert RunDir(run).checkpoint_steps() == [6, 9, 10]
+    assert {p.name for p in latest(run).iterdir()} == CHECKPOINT_FILES
+    assert saved_step(run) == 10
+    assert RunDir(run).read_config_dict() == json.loads(config.to_json())
 
     grids = sorted(p.name for p in (run / "samples").iterdir())
     assert grids == ["step_000004.png", "step_000008.png", "step_000010.png"]
@@ -183,7 +217,8 @@ def test_run_directory_contents(shapes_npz, tmp_path):
     assert [r["step"] for r in records] == list(range(1, 11))
     for r in records:
         assert r["lr"] == pytest.approx(learning_rate(r["step"] - 1, config.train))
-        assert math.isfinite(r["loss"]) and r["images_per_s"] > 0
+        assert math.isfinite(r["loss"]) and r["images_per_s"] > 0 and r["grad_norm"] > 0
+        assert "skipped_steps" not in r
         quartiles = [r[key] for key in r if key.startswith("loss_t_q")]
         assert 1 <= len(quartiles) <= 4
     elapsed = [r["elapsed_s"] for r in records]
@@ -199,8 +234,7 @@ def test_ema_follows_the_warm_up_in_training(shapes_npz, tmp_path):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.train.seed)  # the Trainer's initialisation
             init = UNet(config.model).state_dict()
-        model = weights(run / "model.safetensors")
-        ema = weights(run / "ema.safetensors")
+        model, ema = saved(run, "model"), saved(run, "ema")
         changed = [k for k in model if not torch.equal(model[k], init[k])]
         assert changed  # the step did move the weights
         for key in model:
@@ -211,17 +245,29 @@ def test_ema_follows_the_warm_up_in_training(shapes_npz, tmp_path):
 def test_fresh_trainer_on_an_existing_run_asks_for_resume(shapes_npz, tmp_path):
     run = tmp_path / "run"
     train(tiny_config(shapes_npz, "train.steps=2"), run)
-    before = (run / "model.safetensors").read_bytes()
+    before = (latest(run) / "model.safetensors").read_bytes()
     with pytest.raises(RunDirError) as info:
         Trainer(tiny_config(shapes_npz, "train.steps=4"), run, progress=False)
     assert "already holds a run at step 2" in str(info.value)
     assert f"--resume {run}" in str(info.value)
-    assert (run / "model.safetensors").read_bytes() == before
+    assert (latest(run) / "model.safetensors").read_bytes() == before
 
 
-def test_resume_needs_a_checkpoint(shapes_npz, tmp_path):
+def test_resume_needs_a_run(shapes_npz, tmp_path):
     with pytest.raises(RunDirError, match="nothing to resume"):
         Trainer(tiny_config(shapes_npz), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_config(shapes_npz, tmp_path):
+    """SIGTERM before the first checkpoint: config.json is there, and --resume starts it over."""
+    run = tmp_path / "run"
+    config = tiny_config(shapes_npz, "train.steps=4")
+    RunDir(run).write_config(config)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9}\n{"step": 2, "lo')
+    result = train(config, run, resume=True)
+    assert result.step == 4 and [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    train(config, tmp_path / "straight")
+    assert_same_run(run, tmp_path / "straight")
 
 
 def test_fresh_run_drops_metrics_of_a_run_that_died_before_its_first_checkpoint(
@@ -239,114 +285,120 @@ def test_resume_continues_the_step_count_and_keeps_the_config(shapes_npz, tmp_pa
     run = tmp_path / "run"
     first = tiny_config(shapes_npz, "train.steps=10", "train.seed=3", "train.lr=4e-3")
     train(first, run)
-    saved = load_config_dict(run)
+    saved_config = RunDir(run).read_config_dict()
 
     # what `ddpm train --resume RUN train.steps=20` does
-    config = resolve_config(overrides=["train.steps=20"], base=load_config_dict(run))
+    config = resolve_config(overrides=["train.steps=20"], base=RunDir(run).read_config_dict())
     result = train(config, run, resume=True)
 
     assert result.step == 20
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 21))
-    state = json.loads((run / "state.json").read_text())
-    assert state["step"] == 20
+    assert saved_step(run) == 20 and RunDir(run).checkpoint_steps() == [10, 20]
     for name in ("model", "ema", "optimizer"):
-        assert file_step(run / f"{name}.safetensors") == "20"
-    now = load_config_dict(run)
+        with open(latest(run) / f"{name}.safetensors", "rb"):
+            pass
+    now = RunDir(run).read_config_dict()
     assert now["train"].pop("steps") == 20
-    assert saved["train"].pop("steps") == 10
-    assert now == saved  # everything else kept, seed and lr included
+    assert saved_config["train"].pop("steps") == 10
+    assert now == saved_config  # everything else kept, seed and lr included
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
         "step_000010.png",
         "step_000020.png",
     ]
 
     # resuming the finished run again is fine and changes nothing
-    files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "config.json"}
     again = train(config, run, resume=True)
     assert again.step == 20 and again.grid_path is None
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == files
+    assert {p: p.read_bytes() for p in files} == files
 
     # fewer steps than the run already made is a mistake
-    fewer = resolve_config(overrides=["train.steps=15"], base=load_config_dict(run))
+    fewer = resolve_config(overrides=["train.steps=15"], base=RunDir(run).read_config_dict())
     with pytest.raises(ConfigError, match="already at step 20"):
         Trainer(fewer, run, resume=True, progress=False)
-    assert load_config_dict(run)["train"]["steps"] == 20
+    assert RunDir(run).read_config_dict()["train"]["steps"] == 20
 
 
-def test_ctrl_c_saves_a_checkpoint_of_the_current_step(shapes_npz, tmp_path, monkeypatch):
+# ---------------------------------------------------------------------- exact resume
+EXACT = ("train.steps=12", "model.dropout=0.1", "data.random_flip=true")
+
+
+def signal_inside(monkeypatch, target, name, calls_before, signum):
+    """Send ``signum`` to this process from inside the ``calls_before``-th call of
+    ``target.name`` (a real signal, delivered in the middle of a step)."""
+    real = getattr(target, name)
     calls = 0
-    next_batch = Trainer._next_batch
 
-    def interrupt_at_step_4(self, size):
+    def wrapper(*args, **kwargs):
         nonlocal calls
         calls += 1
-        if calls == 4:  # three steps are done, the fourth is starting
-            raise KeyboardInterrupt
-        return next_batch(self, size)
+        if calls == calls_before:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_next_batch", interrupt_at_step_4)
-    run = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted) as info:
-        train(tiny_config(shapes_npz, "train.steps=10"), run)
-    assert info.value.step == 3 and info.value.run_dir == run
-    assert "checkpoint saved" in str(info.value)
-    assert json.loads((run / "state.json").read_text())["step"] == 3
-    for name in ("model", "ema", "optimizer"):
-        assert file_step(run / f"{name}.safetensors") == "3"
-    optimizer = weights(run / "optimizer.safetensors")
-    steps = {float(v) for k, v in optimizer.items() if k.endswith(".step")}
-    assert steps == {3.0}  # AdamW took exactly three steps
-    assert temp_files(run) == []
+    monkeypatch.setattr(target, name, wrapper)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="sends itself a POSIX SIGINT")
-def test_resumed_training_is_reproducible(shapes_npz, tmp_path, monkeypatch, request):
-    """Uninterrupted vs. interrupted by a real SIGINT and resumed: the same losses and weights.
-
-    The interrupt arrives while the optimizer and EMA are being updated, in the middle of an
-    epoch (256 images, 16 per batch), with dropout and random flips drawing random numbers."""
-    extra = ("train.steps=20", "model.dropout=0.1", "data.random_flip=true")
-    config = tiny_config(shapes_npz, *extra)
-    train(config, tmp_path / "a")
-    train(tiny_config(shapes_npz, *extra), tmp_path / "b")
-    losses_a = [r["loss"] for r in read_metrics(tmp_path / "a")]
-    # two runs with the same seed are identical
-    assert [r["loss"] for r in read_metrics(tmp_path / "b")] == losses_a
-    assert_same_tensors(
-        weights(tmp_path / "a" / "model.safetensors"), weights(tmp_path / "b" / "model.safetensors")
-    )
-
-    calls = 0
-    real_update = training.update_ema
-
-    def sigint_during_step_10(ema, model, decay):
-        nonlocal calls
-        calls += 1
-        if calls == 10:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, half-way through the update
-        real_update(ema, model, decay)
-
-    monkeypatch.setattr(training, "update_ema", sigint_during_step_10)
-    # a process started in the background (CI, nohup, `&`) inherits SIGINT as ignored: give this
-    # test the interactive Ctrl-C behaviour it is about, and put the inherited one back after
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-    request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
-    handler = signal.getsignal(signal.SIGINT)
-    run = tmp_path / "c"
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    ("where", "signum"),
+    [
+        ("forward", signal.SIGINT),  # inside training_loss, where nearly all the time goes
+        ("backward", signal.SIGTERM),  # inside the optimizer step
+        ("ema", signal.SIGINT),
+        ("data", signal.SIGTERM),  # while the batch of the next step is drawn
+    ],
+)
+def test_a_signal_anywhere_in_a_step_resumes_bit_for_bit(
+    shapes_npz, tmp_path, monkeypatch, precision, interactive_sigint, where, signum
+):
+    """Uninterrupted vs. stopped by a real signal in step 5 and resumed: identical weights, EMA,
+    optimizer moments and losses, with dropout and random flips drawing random numbers."""
+    config = tiny_config(shapes_npz, *EXACT, *precision)
+    train(config, tmp_path / "straight")
+    targets = {
+        "forward": (GaussianDiffusion, "training_loss"),
+        "backward": (torch.optim.AdamW, "step"),
+        "ema": (training, "update_ema"),
+        "data": (Trainer, "_next_batch"),
+    }
+    signal_inside(monkeypatch, *targets[where], calls_before=5, signum=signum)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    run = tmp_path / "stopped"
     with pytest.raises(TrainingInterrupted) as info:
         train(config, run)
-    monkeypatch.setattr(training, "update_ema", real_update)
-    assert info.value.step == 10  # the tenth step was completed, not lost nor half-done
-    assert signal.getsignal(signal.SIGINT) is handler  # restored after the deferral
+    monkeypatch.undo()
+    # the step in progress is completed, then saved: nothing half-done, nothing lost
+    assert info.value.step == 5 and saved_step(run) == 5
+    assert info.value.exit_code == 128 + signum
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    optimizer = saved(run, "optimizer")
+    assert {float(v) for k, v in optimizer.items() if k.endswith(".step")} == {5.0}
 
+    if precision == ("train.amp=true",):
+        monkeypatch.setattr(training, "bf16_autocast_supported", lambda device: True)
     train(config, run, resume=True)
-    records = read_metrics(run)
-    assert [r["step"] for r in records] == list(range(1, 21))
-    assert [r["loss"] for r in records] == losses_a
-    for name in ("model", "ema"):
-        assert_same_tensors(
-            weights(run / f"{name}.safetensors"), weights(tmp_path / "a" / f"{name}.safetensors")
-        )
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 13))
+    assert_same_run(run, tmp_path / "straight")
+
+
+def test_a_second_ctrl_c_stops_at_once(shapes_npz, tmp_path, monkeypatch, interactive_sigint):
+    real = GaussianDiffusion.training_loss
+    calls = 0
+
+    def twice(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", twice)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(shapes_npz, "train.steps=10", "train.checkpoint_every=1"), run)
+    assert saved_step(run) == 2  # the last checkpoint written is intact
 
 
 def test_another_seed_gives_another_run(shapes_npz, tmp_path):
@@ -357,24 +409,122 @@ def test_another_seed_gives_another_run(shapes_npz, tmp_path):
     ]
 
 
-def test_diverging_loss_stops_with_a_clear_error(shapes_npz, tmp_path, monkeypatch):
+# ---------------------------------------------------------------------- the non-finite guard
+def poison(monkeypatch, bad_calls: set[int], where: str):
+    """Make the loss (``loss``) or one gradient (``grad``, the loss stays finite) NaN in the
+    given calls of training_loss."""
+    real = GaussianDiffusion.training_loss
     calls = 0
-    real_loss = GaussianDiffusion.training_loss
 
-    def nan_at_step_3(self, *args, **kwargs):
+    def wrapper(self, model, *args, **kwargs):
         nonlocal calls
         calls += 1
-        out = real_loss(self, *args, **kwargs)
-        if calls == 3:
-            out.loss = out.loss * float("nan")
+        out = real(self, model, *args, **kwargs)
+        if calls in bad_calls:
+            if where == "loss":
+                out.loss = out.loss * float("nan")
+            else:  # the next gradient of one weight becomes NaN, once
+                weight = next(p for p in model.parameters() if p.requires_grad)
+
+                def nan_once(grad):
+                    handle.remove()
+                    return torch.full_like(grad, float("nan"))
+
+                handle = weight.register_hook(nan_once)
         return out
 
-    monkeypatch.setattr(GaussianDiffusion, "training_loss", nan_at_step_3)
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", wrapper)
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_a_non_finite_step_is_skipped_and_counted(shapes_npz, tmp_path, monkeypatch, where):
+    poison(monkeypatch, {3, 4}, where)
     run = tmp_path / "run"
-    config = tiny_config(shapes_npz, "train.steps=10", "train.checkpoint_every=2")
-    with pytest.raises(TrainingDiverged, match="the loss became nan at step 3"):
+    result = train(tiny_config(shapes_npz, "train.steps=6"), run)
+    assert result.step == 6 and math.isfinite(result.final_loss)
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r.get("skipped_steps", 0) for r in records] == [0, 0, 2, 0, 0, 0]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
+    state = json.loads((latest(run) / "state.json").read_text())
+    assert state["skipped_steps"] == 2 and state["bad_steps"] == 0
+    optimizer = saved(run, "optimizer")  # the two bad batches were never applied
+    assert {float(v) for k, v in optimizer.items() if k.endswith(".step")} == {6.0}
+    for name in ("model", "ema"):
+        assert all(torch.isfinite(v).all() for v in saved(run, name).values())
+
+
+def test_too_many_bad_steps_in_a_row_stop_with_the_last_good_checkpoint(
+    shapes_npz, tmp_path, monkeypatch
+):
+    poison(monkeypatch, set(range(5, 100)), "loss")
+    run = tmp_path / "run"
+    config = tiny_config(
+        shapes_npz, "train.steps=20", "train.checkpoint_every=2", "train.max_bad_steps=3"
+    )
+    with pytest.raises(TrainingDiverged) as info:
         train(config, run)
-    assert json.loads((run / "state.json").read_text())["step"] == 2  # last checkpoint intact
+    message = str(info.value)
+    assert "3 steps in a row with a non-finite loss or gradient norm after step 4" in message
+    assert f"the last good checkpoint is {RunDir(run).checkpoint_path(4)}" in message
+    assert saved_step(run) == 4
+
+
+# ---------------------------------------------------------------------- accumulation, clipping
+def fixed_noise_loss(monkeypatch, batch: int):
+    """training_loss with t and ε taken from fixed tables, in the order examples arrive, so that
+    two ways of splitting a batch see the same (x0, t, ε)."""
+    real = GaussianDiffusion.training_loss
+    gen = torch.Generator().manual_seed(11)
+    table_t = torch.randint(0, 50, (batch,), generator=gen)
+    table_eps = torch.randn(batch, 1, 8, 8, generator=gen)
+    seen = 0
+
+    def wrapper(self, model, x0, t=None, generator=None, weights=None, noise=None):
+        nonlocal seen
+        n = len(x0)
+        part = slice(seen % batch, seen % batch + n)
+        seen += n
+        return real(self, model, x0, t=table_t[part], noise=table_eps[part], weights=weights)
+
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", wrapper)
+
+
+@pytest.mark.parametrize("accum", [2, 4])
+def test_gradient_accumulation_equals_one_big_batch(shapes_npz, tmp_path, monkeypatch, accum):
+    grads = {}
+    for k in (1, accum):
+        fixed_noise_loss(monkeypatch, 16)
+        config = tiny_config(shapes_npz, "train.batch_size=16", f"train.grad_accum={k}")
+        trainer = Trainer(config, tmp_path / f"run{k}", progress=False)
+        loss, norm, _, _ = trainer._forward_backward(autocast=False)
+        grads[k] = (loss, norm, [p.grad.clone() for p in trainer.model.parameters()])
+        monkeypatch.undo()
+    (loss1, norm1, g1), (loss_k, norm_k, g_k) = grads[1], grads[accum]
+    assert loss_k == pytest.approx(loss1, rel=1e-6) and norm_k == pytest.approx(norm1, rel=1e-5)
+    for a, b in zip(g1, g_k, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_clipping_engages(shapes_npz, tmp_path, monkeypatch):
+    def grads_after(clip: float):
+        fixed_noise_loss(monkeypatch, 16)
+        config = tiny_config(shapes_npz, f"train.grad_clip={clip}")
+        trainer = Trainer(config, tmp_path / f"run{clip}", progress=False)
+        _, norm, _, _ = trainer._forward_backward(autocast=False)
+        monkeypatch.undo()
+        return norm, [p.grad.clone() for p in trainer.model.parameters()]
+
+    raw_norm, raw = grads_after(0)  # 0 disables clipping
+    independent = math.sqrt(sum(float(g.double().pow(2).sum()) for g in raw))
+    assert raw_norm == pytest.approx(independent, rel=1e-6)
+    assert raw_norm > 1e-2  # so that a 1e-3 limit must engage
+    norm, clipped = grads_after(1e-3)
+    assert norm == pytest.approx(raw_norm, rel=1e-6)  # reported before clipping
+    total = math.sqrt(sum(float(g.double().pow(2).sum()) for g in clipped))
+    assert total == pytest.approx(1e-3, rel=1e-4)
+    for a, b in zip(raw, clipped, strict=True):  # same direction, scaled by 1e-3 / ‖g‖
+        assert torch.allclose(b, a * (1e-3 / raw_norm), rtol=1e-4, atol=1e-12)
 
 
 def test_overrides_reach_the_trainer(shapes_npz, tmp_path):
@@ -385,23 +535,3 @@ def test_overrides_reach_the_trainer(shapes_npz, tmp_path):
     assert group["betas"] == (0.8, 0.95) and group["lr"] == 1e-3
     assert len(trainer.images) == 256 and trainer.images.dtype == torch.uint8
     assert trainer.start_step == 0
-
-
-def test_rng_state_of_the_first_layout_still_loads(shapes_npz, tmp_path):
-    """Checkpoints written before the data order was saved: [data size, data, noise]."""
-    trainer = Trainer(tiny_config(shapes_npz), tmp_path / "run", progress=False)
-    data, noise = trainer.data_gen.get_state(), trainer.noise_gen.get_state()
-    old = torch.cat([torch.tensor([data.numel()]).view(torch.uint8), data, noise])
-    expected = torch.rand(3, generator=trainer.data_gen), torch.rand(3, generator=trainer.noise_gen)
-    trainer._set_rng_state(old)
-    assert torch.equal(torch.rand(3, generator=trainer.data_gen), expected[0])
-    assert torch.equal(torch.rand(3, generator=trainer.noise_gen), expected[1])
-    # and the current layout round-trips, data order included
-    trainer._next_batch(5)
-    state = trainer._rng_state()
-    order, cursor = trainer._order.clone(), trainer._cursor
-    batch = trainer._next_batch(7)
-    trainer._order, trainer._cursor = torch.empty(0, dtype=torch.long), 0
-    trainer._set_rng_state(state)
-    assert torch.equal(trainer._order, order) and trainer._cursor == cursor == 5
-    assert torch.equal(trainer._next_batch(7), batch)

@@ -1,7 +1,7 @@
 """The ``ddpm`` command: a thin layer that parses arguments and calls the library.
 
-User mistakes end with one line on stderr and exit code 2; Ctrl-C ends with exit code 130 after
-the training checkpoint is saved.
+User mistakes end with one line on stderr and exit code 2; Ctrl-C (SIGINT) and SIGTERM end
+training with exit code 130 and 143 after the state of the last completed step is saved.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ def _add_run_loading_options(parser: argparse.ArgumentParser) -> None:
         default="ema",
         choices=["ema", "model"],
         help="which weights to use (default ema)",
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="use the checkpoint of this training step (default: the latest good one)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -279,8 +285,8 @@ def _positive(value: int, name: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ddpmkit.checkpoint import load_config_dict
     from ddpmkit.config import resolve_config
+    from ddpmkit.rundir import RunDir
     from ddpmkit.training import Trainer
 
     overrides = list(args.overrides)
@@ -290,7 +296,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.out and Path(args.out) != Path(args.resume):
             raise DdpmkitError("--resume continues RUN_DIR in place: drop --out")
         run_dir = Path(args.resume)
-        config = resolve_config(args.config, overrides, base=load_config_dict(run_dir))
+        config = resolve_config(args.config, overrides, base=RunDir(run_dir).read_config_dict())
     else:
         config = resolve_config(args.config, overrides)
         if args.out:
@@ -324,7 +330,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     _positive(args.n, "--n")
     _positive(args.batch, "--batch")
-    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    run = load_run(args.run_dir, weights=args.weights, device=args.device, step=args.step)
     request = SampleRequest(
         n=args.n,
         sampler=args.sampler,
@@ -370,13 +376,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_nll(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ddpmkit.checkpoint import NLL_FILE
     from ddpmkit.generate import load_run
     from ddpmkit.nll import evaluate_nll, write_report
+    from ddpmkit.rundir import NLL_FILE
 
     _positive(args.n, "--n")
     _positive(args.batch, "--batch")
-    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    run = load_run(args.run_dir, weights=args.weights, device=args.device, step=args.step)
     data = run.config.data
     if args.data is not None:
         data = dataclasses.replace(data, source=args.data, random_flip=False)
@@ -404,7 +410,6 @@ def _int_list(text: str | None, name: str) -> list[int | None]:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ddpmkit.checkpoint import EVAL_FILE
     from ddpmkit.evaluate import (
         EvalRequest,
         check_features,
@@ -418,6 +423,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ddpmkit.fileio import atomic_write_text
     from ddpmkit.generate import load_run
     from ddpmkit.metrics.extractors import load_extractor
+    from ddpmkit.rundir import EVAL_FILE
 
     request = EvalRequest(
         n=args.n,
@@ -427,7 +433,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         samples=Path(args.samples) if args.samples else None,
     )
-    run = load_run(args.run_dir, weights=args.weights, device=args.device)
+    run = load_run(args.run_dir, weights=args.weights, device=args.device, step=args.step)
     if request.samples is None:
         plan(request, run.diffusion.num_steps)  # a bad sampler or step count fails before work
     data = run.config.data
@@ -574,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"ddpm train: {err}; continue with `ddpm train --resume {err.run_dir}`",
                 file=sys.stderr,
             )
-            return 130
+            return err.exit_code
         raise
 
 

@@ -8,21 +8,18 @@ state.json, metrics.jsonl, the latest ``samples/step_*.png`` and, where present,
 from __future__ import annotations
 
 import io
-import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddpmkit import checkpoint as ckpt
 from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.fileio import atomic_write_bytes
+from ddpmkit.rundir import EVAL_FILE, NLL_FILE, RunDir
 
 LOSS_RECORDS = 5  # the final loss is the mean over this many last metrics.jsonl records
 MISSING = "–"
-_GRID_NAME = re.compile(r"step_(\d+)\.png")
 
 
 @dataclass
@@ -80,16 +77,13 @@ def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def final_loss(run_dir: Path, last: int = LOSS_RECORDS) -> float | None:
-    """Mean ``loss`` of the last ``last`` records of metrics.jsonl (unreadable lines, such as one
-    cut short by a crash, are skipped); ``None`` without any record."""
-    path = run_dir / ckpt.METRICS_FILE
-    if not path.is_file():
-        return None
+def final_loss(run_dir: str | Path, last: int = LOSS_RECORDS) -> float | None:
+    """Mean ``loss`` of the last ``last`` records of metrics.jsonl (a last line cut short by a
+    crash is skipped); ``None`` without any record."""
     losses = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for record in RunDir(run_dir).read_metrics():
         try:
-            loss = float(json.loads(line)["loss"])
+            loss = float(record["loss"])
         except (ValueError, KeyError, TypeError):
             continue
         if math.isfinite(loss):
@@ -98,24 +92,10 @@ def final_loss(run_dir: Path, last: int = LOSS_RECORDS) -> float | None:
     return sum(tail) / len(tail) if tail else None
 
 
-def latest_grid(run_dir: Path) -> Path | None:
-    """The ``samples/step_NNNNNN.png`` of the highest step, or ``None``."""
-    folder = run_dir / ckpt.SAMPLES_DIR
-    if not folder.is_dir():
-        return None
-    grids = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _GRID_NAME.fullmatch(p.name))]
-    return max(grids)[1] if grids else None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RunDirError(f"{path} is not valid JSON ({err}): delete or rewrite it") from None
-    if not isinstance(data, dict):
-        raise RunDirError(f"{path} does not hold a JSON object: delete or rewrite it")
+def _read_json(run: RunDir, name: str) -> dict[str, Any] | None:
+    data = run.read_json(name)
+    if data is not None and not isinstance(data, dict):
+        raise RunDirError(f"{run.path / name} does not hold a JSON object: delete or rewrite it")
     return data
 
 
@@ -144,28 +124,29 @@ def _eval_result(row: Any, path: Path) -> EvalResult:
 
 def summarize_run(run_dir: str | Path) -> RunSummary:
     """Read one run directory (RunDirError if it is none)."""
-    run_dir = ckpt.require_run_dir(run_dir)
+    run = RunDir(run_dir).require()
+    grids = run.grids()
     summary = RunSummary(
-        name=run_dir.resolve().name,
-        path=run_dir,
-        config=flatten_config(ckpt.load_config_dict(run_dir)),
-        final_loss=final_loss(run_dir),
-        grid=latest_grid(run_dir),
+        name=run.path.resolve().name,
+        path=run.path,
+        config=flatten_config(run.read_config_dict()),
+        final_loss=final_loss(run.path),
+        grid=grids[-1] if grids else None,
     )
-    state = ckpt.read_training_state(run_dir)
-    if state is not None:
-        summary.step = state.step
-        summary.train_seconds = state.elapsed_s if state.elapsed_s > 0 else None
-    evaluation = _read_json(run_dir / ckpt.EVAL_FILE)
+    if run.has_checkpoint():
+        checkpoint = run.load_checkpoint(files=())
+        summary.step = checkpoint.step
+        summary.train_seconds = checkpoint.elapsed_s if checkpoint.elapsed_s > 0 else None
+    evaluation = _read_json(run, EVAL_FILE)
     if evaluation is not None:
         rows = evaluation.get("results", [])
         if not isinstance(rows, list):
-            raise RunDirError(f"{run_dir / ckpt.EVAL_FILE}: 'results' must be a list")
-        summary.evals = [_eval_result(row, run_dir / ckpt.EVAL_FILE) for row in rows]
+            raise RunDirError(f"{run.eval_path}: 'results' must be a list")
+        summary.evals = [_eval_result(row, run.eval_path) for row in rows]
         summary.eval_step = _number(evaluation.get("step"), int)
         features = evaluation.get("features")
         summary.eval_features = features if isinstance(features, str) else None
-    nll = _read_json(run_dir / ckpt.NLL_FILE)
+    nll = _read_json(run, NLL_FILE)
     if nll is not None:
         summary.nll_bits_per_dim = _number(nll.get("bits_per_dim"))
         summary.nll_ci95 = _number(nll.get("ci95"))

@@ -8,8 +8,8 @@ Results are merged into ``RUN_DIR/eval.json`` so that several calls build one qu
 
 from __future__ import annotations
 
-import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,14 +21,14 @@ from tqdm.auto import tqdm
 
 from ddpmkit.data import DataConfig, load_dataset, to_uint8
 from ddpmkit.diffusion import spaced_timesteps
-from ddpmkit.errors import ConfigError, DataError
-from ddpmkit.fileio import atomic_write_text
+from ddpmkit.errors import ConfigError, DataError, RunDirError
 from ddpmkit.generate import LoadedRun, SampleRequest, generate
 from ddpmkit.metrics.extractors import EXTRACTORS, FeatureExtractor, extract_features
 from ddpmkit.metrics.frechet import GaussianStats, frechet_distance
 from ddpmkit.metrics.kid import kernel_inception_distance
 from ddpmkit.metrics.precision_recall import precision_recall
 from ddpmkit.metrics.reference import reference_features
+from ddpmkit.rundir import RunDir
 from ddpmkit.samplers import check_sampler, default_steps, function_evaluations
 
 
@@ -235,8 +235,11 @@ def merge_into(path: Path, report: EvalReport) -> dict[str, Any]:
     extractor and reference: a (sampler, steps, n) evaluated again replaces its old row."""
     merged = report.to_dict()
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+        old = RunDir(path.parent).read_json(path.name)
+    except RunDirError as err:
+        warnings.warn(f"{err}: it is replaced by this evaluation", stacklevel=2)
+        return merged
+    if not isinstance(old, dict):
         return merged
     same = all(
         old.get(key) == merged[key]
@@ -256,7 +259,7 @@ def merge_into(path: Path, report: EvalReport) -> dict[str, Any]:
 
 def write_eval_json(path: Path, report: EvalReport) -> dict[str, Any]:
     merged = merge_into(path, report)
-    atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+    RunDir(path.parent).write_json(path.name, merged)
     return merged
 
 

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpmkit.checkpoint import load_run_config, load_weights, require_run_dir
 from ddpmkit.config import RunConfig
 from ddpmkit.diffusion import GaussianDiffusion, spaced_timesteps
 from ddpmkit.errors import ConfigError
 from ddpmkit.fileio import atomic_write_bytes
 from ddpmkit.nn import UNet
+from ddpmkit.rundir import RunDir
 from ddpmkit.samplers import SamplerStep, check_sampler, sample
+from ddpmkit.seeding import PerSampleGenerator
 from ddpmkit.viz import save_gif, save_grid, to_uint8
 
 
@@ -43,28 +44,37 @@ class LoadedRun:
     device: torch.device
 
 
-def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto") -> LoadedRun:
-    """Rebuild the model and diffusion of a run directory, with its ``ema`` or ``model`` weights."""
+def load_run(
+    run_dir: str | Path, weights: str = "ema", device: str = "auto", step: int | None = None
+) -> LoadedRun:
+    """Rebuild the model and diffusion of a run directory with the ``ema`` or ``model`` weights
+    of checkpoint ``step`` (default: the latest good one)."""
+    from ddpmkit.train_state import load_module_weights
+
     if weights not in ("ema", "model"):
         raise ConfigError(f"weights must be 'ema' or 'model', got '{weights}'")
-    run_dir = require_run_dir(run_dir)
-    config = load_run_config(run_dir)
+    run = RunDir(run_dir).require()
+    config = run.read_config()
     torch_device = resolve_device(device)
+    checkpoint = run.load_checkpoint(step, files=(weights,))
     model = UNet(config.model)
-    step = load_weights(run_dir, model, weights)
+    load_module_weights(model, checkpoint, weights)
     model.to(torch_device).eval()
     diffusion = GaussianDiffusion.from_config(config.diffusion)
-    return LoadedRun(config, model, diffusion, step, torch_device)
+    return LoadedRun(config, model, diffusion, checkpoint.step, torch_device)
 
 
 @dataclass
 class SampleRequest:
+    """What to sample; image i's noise depends only on (``seed``, i), not on ``n`` or
+    ``batch_size``."""
+
     n: int = 64
     sampler: str = "ddpm"
     steps: int | None = None
     eta: float = 0.0
     clip_x0: bool = True
-    seed: int = 0
+    seed: int = 0  # >= 0
     batch_size: int = 256
     gif_frames: int = 0  # > 0: record this many evenly spaced frames of the first batch
 
@@ -83,10 +93,15 @@ def generate(
     device: torch.device,
     progress: bool = True,
 ) -> SampleResult:
-    """Draw ``request.n`` images in batches; batch k uses the seed ``request.seed + k``, so the
-    result does not depend on anything but the request."""
+    """Draw ``request.n`` images in batches of ``request.batch_size``. Image i draws all its noise
+    from its own generator, seeded from (``request.seed``, i) by
+    :func:`~ddpmkit.seeding.sample_seed`, so image i is the same whatever the batch size and the
+    number of images asked for (on the same device and torch version), and two seeds draw
+    unrelated noise (eval replicates are independent). The GIF frames follow the first batch."""
     if request.n < 1 or request.batch_size < 1:
         raise ConfigError("the number of samples and the batch size must be >= 1")
+    if request.seed < 0:
+        raise ConfigError(f"the seed must be >= 0, got {request.seed}")
     # check the request before any work or progress bar
     check_sampler(request.sampler, request.eta)
     if request.steps is not None:
@@ -96,7 +111,8 @@ def generate(
     bar = tqdm(total=request.n, desc="sampling", unit="img", disable=not progress)
     for k, start in enumerate(batches):
         count = min(request.batch_size, request.n - start)
-        generator = torch.Generator(device=device).manual_seed(request.seed + k)
+        indices = range(start, start + count)
+        generator = PerSampleGenerator.for_samples(request.seed, indices, device)
         callback = None
         if k == 0 and request.gif_frames > 0:
 

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from ddpmkit.data import DataConfig, from_uint8, load_dataset
 from ddpmkit.errors import ConfigError
-from ddpmkit.fileio import atomic_write_text
 from ddpmkit.generate import LoadedRun
+from ddpmkit.rundir import RunDir
 
 
 @dataclass
@@ -93,5 +93,4 @@ def evaluate_nll(
 
 def write_report(report: NLLReport, path: str | Path) -> Path:
     path = Path(path)
-    atomic_write_text(path, report.to_json())
-    return path
+    return RunDir(path.parent).write_text(path.name, report.to_json())

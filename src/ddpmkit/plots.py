@@ -9,7 +9,6 @@ writes a PNG atomically and returns its path.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ddpmkit.checkpoint import EVAL_FILE, METRICS_FILE
 from ddpmkit.data import to_uint8
 from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.fileio import atomic_write_bytes
+from ddpmkit.rundir import EVAL_FILE, METRICS_FILE, RunDir
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -189,24 +188,12 @@ def plot_time_embedding(dim: int, path: str | Path, num_steps: int = 1000) -> Pa
 # ---------------------------------------------------------------------- training curves
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``run_dir/metrics.jsonl``; a last line cut short by a crash is skipped."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory '{run_dir}' not found")
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        raise RunDirError(f"'{run_dir}' has no {METRICS_FILE}: train first with `ddpm train`")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the line being written when the run stopped
-                break
-            raise RunDirError(f"{path}, line {number}, is not valid JSON") from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory '{run.path}' not found")
+    if not run.metrics_path.is_file():
+        raise RunDirError(f"'{run.path}' has no {METRICS_FILE}: train first with `ddpm train`")
+    return run.read_metrics()
 
 
 def _number(value: Any) -> float | None:
@@ -273,19 +260,19 @@ def plot_training_curves(metrics: Sequence[dict[str, Any]], path: str | Path) ->
 # ---------------------------------------------------------------------- quality vs NFE
 def read_eval_results(run_dir: str | Path) -> list[dict[str, Any]]:
     """The ``results`` rows of ``run_dir/eval.json`` written by ``ddpm eval``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory '{run_dir}' not found")
-    path = run_dir / EVAL_FILE
-    if not path.is_file():
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory '{run.path}' not found")
+    if not run.eval_path.is_file():
         raise ConfigError(
-            f"'{run_dir}' has no {EVAL_FILE}: run `ddpm eval {run_dir} --steps 10,20,50 "
+            f"'{run.path}' has no {EVAL_FILE}: run `ddpm eval {run.path} --steps 10,20,50 "
             "--sampler ddim,dpm++` first"
         )
+    path = run.eval_path
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err}): run `ddpm eval` again") from None
+        data = run.read_json(EVAL_FILE)
+    except RunDirError as err:
+        raise ConfigError(f"{err}: run `ddpm eval` again") from None
     rows = data.get("results") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise ConfigError(f"{path} has no 'results' list: run `ddpm eval` again")
