@@ -29,6 +29,7 @@ from ddpmkit.timesteps import TIMESTEP_SAMPLERS
 
 _T = TypeVar("_T")
 
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 LR_SCHEDULES = ("constant", "cosine")
 MAX_CONFIG_BYTES = 1 << 20
 """Config files larger than this (1 MiB) are refused unread."""
@@ -61,7 +62,9 @@ class TrainConfig:
     checkpoint_every: int = 1000  # 0: only at the end
     keep_checkpoints: int = 3  # checkpoint directories kept (the newest ones)
     max_bad_steps: int = 10  # stop after this many non-finite steps in a row
-    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs ddpmkit[tensorboard])
+    tracker: str = "none"  # none | tensorboard | wandb | mlflow (see ddpmkit.trackers)
+    tracker_project: str = "ddpmkit"  # wandb project / MLflow experiment
+    tracker_uri: str = ""  # MLflow tracking URI (default: $MLFLOW_TRACKING_URI or RUN_DIR/mlruns)
     time_limit_min: float = 0.0  # > 0: stop after this many minutes; the cosine decay follows time
 
     def validate(self) -> None:
@@ -83,6 +86,11 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not self.time_limit_min >= 0:
             raise ConfigError(f"train.time_limit_min must be >= 0, got {self.time_limit_min}")
+        if self.tracker not in TRACKERS:
+            raise ConfigError(
+                f"unknown train.tracker '{_clean(self.tracker)}': choose one of "
+                + ", ".join(TRACKERS)
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 f"unknown train.lr_schedule '{_clean(self.lr_schedule)}': choose one of "
@@ -291,6 +299,19 @@ def _build_section(name: str, values: dict[str, Any], from_text: bool = False) -
     )
 
 
+def _migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """Keys of earlier releases: ``train.tensorboard = true`` means ``train.tracker =
+    "tensorboard"``."""
+    train = d.get("train")
+    if not isinstance(train, dict) or "tensorboard" not in train:
+        return d
+    train = dict(train)
+    flag = train.pop("tensorboard")
+    if flag is True or str(flag).strip().lower() in ("true", "1", "yes"):
+        train.setdefault("tracker", "tensorboard")
+    return {**d, "train": train}
+
+
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """A validated RunConfig from nested sections (missing keys keep their defaults)."""
     if not isinstance(d, dict):
@@ -301,6 +322,7 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
             f"unknown config section '{_clean(unknown[0])}': valid sections are "
             + ", ".join(SECTIONS)
         )
+    d = _migrate(d)
     sections = {}
     for name in SECTIONS:
         values = d.get(name, {})

@@ -32,8 +32,8 @@ from ddpmkit.generate import SampleRequest, generate, resolve_device
 from ddpmkit.interrupts import EXIT_CODES, StopRequests, signal_name
 from ddpmkit.nn import UNet
 from ddpmkit.rundir import RunDir
-from ddpmkit.tb_logging import TensorBoardLogger
 from ddpmkit.timesteps import make_timestep_sampler
+from ddpmkit.trackers import check_installed, make_tracker
 from ddpmkit.train_state import TrainState
 from ddpmkit.viz import save_grid
 
@@ -249,10 +249,10 @@ class Trainer:
         self._saved_step = self.start_step if checkpoint is not None else None
         if self.is_main:  # drop the log lines of steps that this run is going to redo
             self.run.truncate_metrics(self.start_step)
-        self.tensorboard: TensorBoardLogger | None = None
-        if tc.tensorboard:  # every rank checks that TensorBoard is installed; rank 0 writes
-            logger = TensorBoardLogger(self.run_dir, purge_step=self.start_step + 1)
-            self.tensorboard = logger if self.is_main else None
+        check_installed(tc.tracker)  # every rank, before any work; rank 0 tracks
+        self.tracker = (
+            make_tracker(tc.tracker, self.run, config, self.start_step) if self.is_main else None
+        )
         self.train_model: torch.nn.Module = model
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
@@ -385,8 +385,8 @@ class Trainer:
         shape = (data.channels, data.image_size, data.image_size)
         result = generate(self.ema, self.diffusion, shape, request, self.device, progress=False)
         path = save_grid(result.images, self.run.grid_path(step))
-        if self.tensorboard is not None:
-            self.tensorboard.image_grid(step, "samples", result.images)
+        if self.tracker is not None:
+            self.tracker.image_grid(step, "samples", result.images)
         return path
 
     def _diverged(self, loss: float, grad_norm: float) -> TrainingDiverged:
@@ -466,8 +466,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{smoothed:.4f}", img_s=f"{record['images_per_s']:.0f}")
                     if self.is_main:
                         self.run.append_metrics(record)
-                        if self.tensorboard is not None:
-                            self.tensorboard.scalars(state.step, record)
+                        if self.tracker is not None:
+                            self.tracker.scalars(state.step, record)
                     interval = _Interval(now)
                 stop_now = self._any_process(stop.requested)[0]
                 if stop_now:
@@ -493,7 +493,7 @@ class Trainer:
         return TrainResult(self.run_dir, state.step, last_loss, state.elapsed_s, grid_path)
 
     def _close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        if self.tracker is not None:
+            self.tracker.close()
         if self.world > 1:
             dist.barrier()
