@@ -404,10 +404,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
+        """Run steps until ``train.steps`` (or the time limit), then save and sample a grid.
+        SIGINT/SIGTERM stop at the next step boundary with the state of that step saved."""
         tc, state = self.config.train, self.state
         if self.is_main:
             self.run.write_config(self.config)
-        bar = tqdm(
+        self._autocast = tc.amp and bf16_autocast_supported(self.device)
+        if tc.amp and not self._autocast and self.is_main:
+            warnings.warn(
+                f"train.amp: {self.device} has no fast bfloat16 support; training in float32",
+                stacklevel=2,
+            )
+        self._bar = tqdm(
             total=tc.steps,
             initial=state.step,
             desc="training",
@@ -415,82 +423,95 @@ class Trainer:
             disable=not (self.progress and self.is_main),
             dynamic_ncols=True,
         )
-        autocast = tc.amp and bf16_autocast_supported(self.device)
-        if tc.amp and not autocast and self.is_main:
-            warnings.warn(
-                f"train.amp: {self.device} has no fast bfloat16 support; training in float32",
-                stacklevel=2,
-            )
-        started = time.perf_counter()
-        elapsed_before = state.elapsed_s
-        interval = _Interval(started)
-        smoothed, last_loss = None, float("nan")
+        self._clock = (time.perf_counter(), state.elapsed_s)
+        self._interval = _Interval(self._clock[0])
+        self._smoothed, self._last_loss = None, float("nan")
+        self._fraction = self._time_fraction()
         state.model.train()
-        time_fraction = self._time_fraction()
-        stop_now = False
         with StopRequests() as stop:
-            while state.step < tc.steps and time_fraction < 1.0:
-                lr = learning_rate(state.step, tc, time_fraction)
-                for group in state.optimizer.param_groups:
-                    group["lr"] = lr
-                loss, grad_norm, ts, losses = self._forward_backward(autocast)
-                bad = self._any_process(not (math.isfinite(loss) and math.isfinite(grad_norm)))[0]
-                if bad:  # skip the update: the weights, EMA and step count stay as they were
-                    state.optimizer.zero_grad(set_to_none=True)
-                    state.bad_steps += 1
-                    state.skipped_steps += 1
-                    interval.skipped += 1
-                    if state.bad_steps >= tc.max_bad_steps:
-                        bar.close()
-                        raise self._diverged(loss, grad_norm)
-                else:
-                    state.optimizer.step()
-                    update_ema(
-                        state.ema, state.model, ema_decay(state.step, tc.ema_decay, tc.ema_warmup)
-                    )
-                    if state.timestep_sampler is not None:
-                        self._update_timestep_sampler(ts, losses)
-                    state.step += 1
-                    state.bad_steps = 0
-                    last_loss = loss
-                    smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
-                    buckets = (ts * TIMESTEP_BUCKETS // self.diffusion.num_steps).cpu()
-                    interval.add(loss, grad_norm, buckets, losses.double().cpu())
-                    bar.update(1)
-                now = time.perf_counter()
-                state.elapsed_s = elapsed_before + now - started
-                time_fraction = self._time_fraction()
-                last_step = state.step == tc.steps or time_fraction >= 1.0
-                if not bad and (state.step % tc.log_every == 0 or last_step):
-                    record = interval.record(state.step, lr, tc.batch_size, now, state.elapsed_s)
-                    bar.set_postfix(loss=f"{smoothed:.4f}", img_s=f"{record['images_per_s']:.0f}")
-                    if self.is_main:
-                        self.run.append_metrics(record)
-                        if self.tracker is not None:
-                            self.tracker.scalars(state.step, record)
-                    interval = _Interval(now)
-                stop_now = self._any_process(stop.requested)[0]
-                if stop_now:
-                    break
-                if not bad and not last_step:
-                    pause_start = time.perf_counter()
-                    if tc.sample_every and state.step % tc.sample_every == 0:
-                        self.sample_grid(state.step)
-                        state.model.train()
-                    if tc.checkpoint_every and state.step % tc.checkpoint_every == 0:
-                        self.save_checkpoint()
-                    interval.paused += time.perf_counter() - pause_start
-            bar.close()
-            if stop_now:
-                self.save_checkpoint()
-                self._close()
-                raise TrainingInterrupted(self.run_dir, state.step, stop.received or 2)
-            grid_path = None
-            if self._saved_step != state.step:
-                self.save_checkpoint()
-                grid_path = self.sample_grid(state.step)
+            while not self._finished():
+                updated = self._step()
+                self._tick()
+                if updated and (state.step % tc.log_every == 0 or self._finished()):
+                    self._log()
+                if self._any_process(stop.requested)[0]:
+                    self._bar.close()
+                    self.save_checkpoint()
+                    self._close()
+                    raise TrainingInterrupted(self.run_dir, state.step, stop.received or 2)
+                if updated and not self._finished():
+                    self._periodic_work()
+        self._bar.close()
+        grid_path = None
+        if self._saved_step != state.step:
+            self.save_checkpoint()
+            grid_path = self.sample_grid(state.step)
         self._close()
-        return TrainResult(self.run_dir, state.step, last_loss, state.elapsed_s, grid_path)
+        return TrainResult(self.run_dir, state.step, self._last_loss, state.elapsed_s, grid_path)
+
+    def _finished(self) -> bool:
+        return self.state.step >= self.config.train.steps or self._fraction >= 1.0
+
+    def _step(self) -> bool:
+        """One step of Algorithm 1. A non-finite loss or gradient norm on any process skips the
+        update (weights, EMA and step count stay) and returns False."""
+        tc, state = self.config.train, self.state
+        self._lr = learning_rate(state.step, tc, self._fraction)
+        for group in state.optimizer.param_groups:
+            group["lr"] = self._lr
+        loss, grad_norm, ts, losses = self._forward_backward(self._autocast)
+        if self._any_process(not (math.isfinite(loss) and math.isfinite(grad_norm)))[0]:
+            state.optimizer.zero_grad(set_to_none=True)
+            state.bad_steps += 1
+            state.skipped_steps += 1
+            self._interval.skipped += 1
+            if state.bad_steps >= tc.max_bad_steps:
+                self._bar.close()
+                raise self._diverged(loss, grad_norm)
+            return False
+        state.optimizer.step()
+        update_ema(state.ema, state.model, ema_decay(state.step, tc.ema_decay, tc.ema_warmup))
+        if state.timestep_sampler is not None:
+            self._update_timestep_sampler(ts, losses)
+        state.step += 1
+        state.bad_steps = 0
+        self._last_loss = loss
+        self._smoothed = loss if self._smoothed is None else 0.98 * self._smoothed + 0.02 * loss
+        buckets = (ts * TIMESTEP_BUCKETS // self.diffusion.num_steps).cpu()
+        self._interval.add(loss, grad_norm, buckets, losses.double().cpu())
+        self._bar.update(1)
+        return True
+
+    def _tick(self) -> None:
+        """Training time (across resumes) and the share of the time limit used."""
+        started, before = self._clock
+        self.state.elapsed_s = before + time.perf_counter() - started
+        self._fraction = self._time_fraction()
+
+    def _log(self) -> None:
+        """One metrics.jsonl record (and tracker entry) for the steps since the last one."""
+        now, tc = time.perf_counter(), self.config.train
+        record = self._interval.record(
+            self.state.step, self._lr, tc.batch_size, now, self.state.elapsed_s
+        )
+        self._bar.set_postfix(loss=f"{self._smoothed:.4f}", img_s=f"{record['images_per_s']:.0f}")
+        if self.is_main:
+            self.run.append_metrics(record)
+            if self.tracker is not None:
+                self.tracker.scalars(self.state.step, record)
+        self._interval = _Interval(now)
+
+    def _periodic_work(self) -> None:
+        """The sample grid and the checkpoint when their step comes (their time is left out of
+        images/s)."""
+        tc, step = self.config.train, self.state.step
+        pause_start = time.perf_counter()
+        if tc.sample_every and step % tc.sample_every == 0:
+            self.sample_grid(step)
+            self.state.model.train()
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+            self.save_checkpoint()
+        self._interval.paused += time.perf_counter() - pause_start
 
     def _close(self) -> None:
         if self.tracker is not None:
