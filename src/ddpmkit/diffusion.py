@@ -563,11 +563,3 @@ class GaussianDiffusion:
         spaced.respaced_from = self.respaced_from or self.num_steps
         return spaced, index
 
-
-def wrap_respaced(model: Model, timestep_map: torch.Tensor) -> Model:
-    """A model of the respaced diffusion: maps its step index back to the original timestep."""
-
-    def respaced_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x_t, timestep_map.to(t.device)[t])
-
-    return respaced_model

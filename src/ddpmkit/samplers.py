@@ -15,13 +15,19 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ddpmkit.denoiser import (
+    Denoiser,
+    Prediction,
+    as_denoiser,
+    clip_prediction,
+    timesteps_like,
+)
 from ddpmkit.diffusion import (
     GaussianDiffusion,
     Model,
     check_learned_variance_respacing,
     normal_like,
     spaced_timesteps,
-    wrap_respaced,
 )
 from ddpmkit.errors import ConfigError
 from ddpmkit.seeding import NoiseGenerator
@@ -66,38 +72,45 @@ class SamplerStep:
 Callback = Callable[[SamplerStep], None]
 
 
+def _predict(
+    denoiser: Denoiser, diffusion: GaussianDiffusion, x: torch.Tensor, t: int, clip_x0: bool
+) -> Prediction:
+    """The denoiser at the original timestep ``t``, x̂_0 clipped if asked."""
+    timesteps = timesteps_like(t, x)
+    pred = denoiser(x, timesteps)
+    return clip_prediction(diffusion, pred, x, timesteps) if clip_x0 else pred
+
+
 def _ddpm_step(
-    diffusion: GaussianDiffusion,
-    model: Model,
+    spaced: GaussianDiffusion,
+    pred: Prediction,
     x: torch.Tensor,
     i: int,
-    clip_x0: bool,
     generator: NoiseGenerator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_{t−1} = μ_θ(x_t, t) + σ_t z, no noise at the last step (Ho et al., Algorithm 2)."""
-    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-    step = diffusion.p_mean_variance(model, x, t, clip_x0)
+) -> torch.Tensor:
+    """x_{t−1} = μ̃(x_t, x̂_0) + σ_t z, no noise at the last step (Ho et al., Algorithm 2, with the
+    posterior mean of eq. 7 and the variance of :meth:`GaussianDiffusion.log_variance`)."""
+    index = timesteps_like(i, x)
+    mean, _, _ = spaced.q_posterior(pred.x0, x, index)
     if i == 0:
-        return step.mean, step.x0
-    noise = normal_like(x.shape, generator, x)
-    return step.mean + torch.exp(0.5 * step.log_variance) * noise, step.x0
+        return mean
+    log_variance = spaced.log_variance(index, x, pred.variance)
+    return mean + torch.exp(0.5 * log_variance) * normal_like(x.shape, generator, x)
 
 
 def _ddim_step(
-    diffusion: GaussianDiffusion,
-    model: Model,
+    spaced: GaussianDiffusion,
+    pred: Prediction,
     x: torch.Tensor,
     i: int,
     eta: float,
-    clip_x0: bool,
     generator: NoiseGenerator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12): x_{t'} = √ᾱ_{t'} x̂_0 + √(1−ᾱ_{t'}−σ²) ε̂ + σ z with
     σ = η √((1−ᾱ_{t'})/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_{t'}) (eq. 16); η = 0 is deterministic."""
-    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-    pred = diffusion.predict(model, x, t, clip_x0)
-    alpha_bar = diffusion.coef("alphas_cumprod", t, x)
-    alpha_bar_prev = diffusion.coef("alphas_cumprod_prev", t, x)
+    index = timesteps_like(i, x)
+    alpha_bar = spaced.coef("alphas_cumprod", index, x)
+    alpha_bar_prev = spaced.coef("alphas_cumprod_prev", index, x)
     sigma = (
         eta
         * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
@@ -107,11 +120,11 @@ def _ddim_step(
     x_prev = torch.sqrt(alpha_bar_prev) * pred.x0 + direction
     if eta > 0 and i > 0:
         x_prev = x_prev + sigma * normal_like(x.shape, generator, x)
-    return x_prev, pred.x0
+    return x_prev
 
 
 def sample(
-    model: Model,
+    model: Model | Denoiser,
     diffusion: GaussianDiffusion,
     shape: Sequence[int],
     sampler: str = "ddpm",
@@ -139,11 +152,12 @@ def sample(
     data scale ([−1, 1] for images).
     """
     check_sampler(sampler, eta)
+    denoiser = as_denoiser(model, diffusion)
     if steps is None:
         steps = default_steps(sampler, diffusion.num_steps)
     if sampler in ("dpm++", "heun"):  # their own grids check the step count
         return _solve_ode(
-            model,
+            denoiser,
             diffusion,
             shape,
             sampler,
@@ -160,11 +174,9 @@ def sample(
     if sampler == "ddpm":  # fail before any network call
         check_learned_variance_respacing(diffusion.variance, len(timesteps), diffusion.num_steps)
     if len(timesteps) == diffusion.num_steps:
-        spaced, run_model = diffusion, model
-        timestep_map = torch.arange(diffusion.num_steps)
+        spaced = diffusion
     else:
-        spaced, timestep_map = diffusion.respaced(timesteps)
-        run_model = wrap_respaced(model, timestep_map)
+        spaced, _ = diffusion.respaced(timesteps)
 
     x = _initial_noise(shape, generator, device, dtype, x_T)
     total = spaced.num_steps
@@ -173,17 +185,18 @@ def sample(
         for counter, i in enumerate(
             tqdm(order, total=total, desc=f"{sampler} sampling", disable=not progress, leave=False)
         ):
+            pred = _predict(denoiser, diffusion, x, timesteps[i], clip_x0)
             if sampler == "ddpm":
-                x, pred_x0 = _ddpm_step(spaced, run_model, x, i, clip_x0, generator)
+                x = _ddpm_step(spaced, pred, x, i, generator)
             else:
-                x, pred_x0 = _ddim_step(spaced, run_model, x, i, eta, clip_x0, generator)
+                x = _ddim_step(spaced, pred, x, i, eta, generator)
             if callback is not None:
-                callback(SamplerStep(counter, total, int(timestep_map[i]), x, pred_x0))
+                callback(SamplerStep(counter, total, timesteps[i], x, pred.x0))
     return x
 
 
 def _solve_ode(
-    model: Model,
+    denoiser: Denoiser,
     diffusion: GaussianDiffusion,
     shape: Sequence[int],
     sampler: str,
@@ -196,9 +209,12 @@ def _solve_ode(
     x_T: torch.Tensor | None,
     progress: bool,
 ) -> torch.Tensor:
-    """The ODE samplers call the model at the original timesteps; no respacing needed."""
+    """The ODE solvers read x̂_0 from the denoiser at the original timesteps."""
     x = _initial_noise(shape, generator, device, dtype, x_T)
     solver = dpm_solver_pp_2m if sampler == "dpm++" else heun
+
+    def x0_at(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        return _predict(denoiser, diffusion, x_t, t, clip_x0).x0
 
     def report(index: int, t: int, x_now: torch.Tensor, pred_x0: torch.Tensor) -> None:
         if callback is not None:
@@ -208,7 +224,7 @@ def _solve_ode(
         return tqdm(order, desc=f"{sampler} sampling", disable=not progress, leave=False)
 
     with torch.no_grad():
-        return solver(diffusion, model, x, steps, clip_x0, report, bar)
+        return solver(diffusion, x0_at, x, steps, report, bar)
 
 
 def _initial_noise(

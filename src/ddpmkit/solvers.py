@@ -26,12 +26,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ddpmkit.diffusion import GaussianDiffusion, Model
+from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError
 
 KARRAS_RHO = 7.0
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (index, t, x, pred_x0)
+X0Function = Callable[[torch.Tensor, int], torch.Tensor]  # (x_t, t) -> x̂_0, from a Denoiser
 
 
 def _snap(coordinate: np.ndarray, count: int) -> list[int]:
@@ -82,19 +83,11 @@ def _alpha_sigma(diffusion: GaussianDiffusion, t: int) -> tuple[float, float]:
     return float(np.sqrt(alpha_bar)), float(np.sqrt(1.0 - alpha_bar))
 
 
-def _predict_x0(
-    diffusion: GaussianDiffusion, model: Model, x: torch.Tensor, t: int, clip_x0: bool
-) -> torch.Tensor:
-    timestep = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    return diffusion.predict(model, x, timestep, clip_x0).x0
-
-
 def dpm_solver_pp_2m(
     diffusion: GaussianDiffusion,
-    model: Model,
+    denoise_x0: X0Function,
     x: torch.Tensor,
     steps: int,
-    clip_x0: bool = True,
     callback: StepCallback | None = None,
     progress: Callable[[range], range] | None = None,
 ) -> torch.Tensor:
@@ -107,7 +100,7 @@ def dpm_solver_pp_2m(
         t = timesteps[i]
         alpha, sigma = _alpha_sigma(diffusion, t)
         lam = float(np.log(alpha) - np.log(sigma))
-        x0 = _predict_x0(diffusion, model, x, t, clip_x0)
+        x0 = denoise_x0(x, t)
         if i == len(timesteps) - 1:
             x = x0  # σ = 0: the first-order update to λ = ∞ is the x_0 prediction
         else:
@@ -127,10 +120,9 @@ def dpm_solver_pp_2m(
 
 def heun(
     diffusion: GaussianDiffusion,
-    model: Model,
+    denoise_x0: X0Function,
     x: torch.Tensor,
     steps: int,
-    clip_x0: bool = True,
     callback: StepCallback | None = None,
     progress: Callable[[range], range] | None = None,
 ) -> torch.Tensor:
@@ -142,7 +134,7 @@ def heun(
 
     def slope(x_scaled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """dx̃/dσ̃ = (x̃ − D(x̃; σ̃_k))/σ̃_k and D itself."""
-        x0 = _predict_x0(diffusion, model, scales[k][0] * x_scaled, timesteps[k], clip_x0)
+        x0 = denoise_x0(scales[k][0] * x_scaled, timesteps[k])
         return (x_scaled - x0) / sigmas[k], x0
 
     x_scaled = x / scales[0][0]

@@ -1,0 +1,73 @@
+"""The one interface between a trained network and every sampler.
+
+A :class:`Denoiser` is called with x_t and the original integer timesteps t (shape (B,)) and
+returns a :class:`Prediction`: ε̂, x̂_0 (unclipped) and, for learned variances, the network's raw
+variance output. Samplers never call a network themselves: ancestral sampling and DDIM (on the
+full or a respaced process) and the ODE solvers all read this prediction, so that conditioning,
+guidance and editing are wrappers around a denoiser and every sampler gains them at once (in the
+spirit of k-diffusion's ``Denoiser``).
+
+Clipping x̂_0 to [−1, 1] is the samplers' last step on a prediction (:func:`clip_prediction`),
+after any wrapper has combined predictions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ddpmkit.diffusion import GaussianDiffusion, Model
+
+
+@dataclass
+class Prediction:
+    """What a denoiser says about x_0 given x_t, all shaped like x_t. ε̂ and x̂_0 are tied by
+    x_t = √ᾱ_t x̂_0 + √(1−ᾱ_t) ε̂ (Ho et al. eq. 4)."""
+
+    eps: torch.Tensor
+    x0: torch.Tensor
+    variance: torch.Tensor | None = None  # the network's variance output (learned variances)
+
+
+class Denoiser(ABC):
+    """``denoiser(x_t, t) -> Prediction`` with t the original timesteps of the trained process."""
+
+    diffusion: GaussianDiffusion
+
+    @abstractmethod
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction: ...
+
+
+class ModelDenoiser(Denoiser):
+    """A network ``model(x_t, t)`` read through ``diffusion``'s parameterisation (ε, x_0 or v)
+    and variance output."""
+
+    def __init__(self, model: Model, diffusion: GaussianDiffusion) -> None:
+        self.model = model
+        self.diffusion = diffusion
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        output = self.model(x_t, t)
+        raw, variance = self.diffusion.split_output(output, x_t)
+        pred = self.diffusion.interpret(raw, x_t, t)
+        return Prediction(pred.eps, pred.x0, variance)
+
+
+def as_denoiser(model: Model | Denoiser, diffusion: GaussianDiffusion) -> Denoiser:
+    """``model`` itself if it is a :class:`Denoiser`, else the network read by ``diffusion``."""
+    return model if isinstance(model, Denoiser) else ModelDenoiser(model, diffusion)
+
+
+def clip_prediction(
+    diffusion: GaussianDiffusion, pred: Prediction, x_t: torch.Tensor, t: torch.Tensor
+) -> Prediction:
+    """x̂_0 clamped to [−1, 1] and ε̂ recomputed from it, so that both stay consistent."""
+    x0 = pred.x0.clamp(-1.0, 1.0)
+    return Prediction(diffusion.eps_from_x0(x_t, t, x0), x0, pred.variance)
+
+
+def timesteps_like(t: int | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (B,) LongTensor of timestep ``t`` on ``x``'s device."""
+    return torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
