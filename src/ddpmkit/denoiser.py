@@ -71,3 +71,48 @@ def clip_prediction(
 def timesteps_like(t: int | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A (B,) LongTensor of timestep ``t`` on ``x``'s device."""
     return torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+
+
+class ConditionalDenoiser(Denoiser):
+    """A class-conditional network ``model(x_t, t, y)`` at fixed labels ``y`` (shape (B,); the
+    null class K asks the same network for the unconditional prediction)."""
+
+    def __init__(self, model: Model, diffusion: GaussianDiffusion, labels: torch.Tensor) -> None:
+        self.model = model
+        self.diffusion = diffusion
+        self.labels = labels
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        output = self.model(x_t, t, self.labels.to(x_t.device))
+        raw, variance = self.diffusion.split_output(output, x_t)
+        pred = self.diffusion.interpret(raw, x_t, t)
+        return Prediction(pred.eps, pred.x0, variance)
+
+
+def guide(conditional: Prediction, unconditional: Prediction, weight: float) -> Prediction:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6):
+    ε̃ = (1 + w) ε_θ(x_t, y) − w ε_θ(x_t, ∅), w = 0 the conditional model. In the other common
+    convention (GLIDE, diffusers' ``guidance_scale`` s): ε̃ = ε_∅ + s (ε_y − ε_∅), s = 1 + w.
+    x̂_0 is affine in ε̂ at fixed x_t with weights summing to 1, so the same combination of the
+    x̂_0's is the x̂_0 of ε̃. The variance output is the conditional one."""
+    return Prediction(
+        (1 + weight) * conditional.eps - weight * unconditional.eps,
+        (1 + weight) * conditional.x0 - weight * unconditional.x0,
+        conditional.variance,
+    )
+
+
+class GuidedDenoiser(Denoiser):
+    """Classifier-free guidance of two denoisers (:func:`guide`); any two work, e.g. two
+    :class:`ConditionalDenoiser` of one network at the labels and at the null class."""
+
+    def __init__(self, conditional: Denoiser, unconditional: Denoiser, weight: float) -> None:
+        self.conditional = conditional
+        self.unconditional = unconditional
+        self.weight = weight
+        self.diffusion = conditional.diffusion
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        if self.weight == 0:
+            return self.conditional(x_t, t)
+        return guide(self.conditional(x_t, t), self.unconditional(x_t, t), self.weight)
