@@ -563,3 +563,17 @@ class GaussianDiffusion:
         spaced.respaced_from = self.respaced_from or self.num_steps
         return spaced, index
 
+    def truncated(self, num_steps: int) -> GaussianDiffusion:
+        """The same process stopped at step ``num_steps`` − 1 (its first ``num_steps`` β, so ᾱ is
+        unchanged there): what sampling from an intermediate x_t (SDEdit) integrates over."""
+        if not 1 <= num_steps <= self.num_steps:
+            raise ConfigError(f"a truncated process needs 1 to {self.num_steps} steps")
+        if num_steps == self.num_steps:
+            return self
+        name = f"{self.schedule.name}[:{num_steps}]"
+        schedule = Schedule(name=name, betas=self.schedule.betas[:num_steps].clone())
+        short = GaussianDiffusion(
+            schedule, self.prediction, self.variance, self.loss, self.vb_weight
+        )
+        short.respaced_from = self.respaced_from
+        return short

@@ -137,6 +137,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     x_T: torch.Tensor | None = None,
     progress: bool = False,
+    start_t: int | None = None,
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples.
 
@@ -148,11 +149,19 @@ def sample(
     ``sampler="heun"``: Heun's method on Karras et al.'s σ schedule, ``steps`` steps (default 18)
     costing 2·steps − 1 calls (see :mod:`ddpmkit.solvers`).
     ``generator``: a :class:`torch.Generator`, or a :class:`~ddpmkit.seeding.PerSampleGenerator`
-    for one noise stream per sample. ``x_T`` overrides the initial noise. Returns x_0 in the
-    data scale ([−1, 1] for images).
+    for one noise stream per sample. ``x_T`` overrides the initial noise. ``start_t``: start
+    from x_{start_t} (given as ``x_T``) instead of x_T — the process truncated there, with
+    ``steps`` spread over [0, start_t] (SDEdit). Returns x_0 in the data scale ([−1, 1] for
+    images).
     """
     check_sampler(sampler, eta)
     denoiser = as_denoiser(model, diffusion)
+    if start_t is not None:
+        if x_T is None:
+            raise ConfigError("start_t needs the x_t to start from, given as x_T")
+        if not 0 <= start_t < diffusion.num_steps:
+            raise ConfigError(f"start_t must lie in [0, {diffusion.num_steps - 1}], got {start_t}")
+        diffusion = diffusion.truncated(start_t + 1)
     if steps is None:
         steps = default_steps(sampler, diffusion.num_steps)
     if sampler in ("dpm++", "heun"):  # their own grids check the step count
