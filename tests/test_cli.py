@@ -75,7 +75,17 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def test_every_command_is_listed(capsys):
-    assert set(subparsers()) == {"train", "sample", "nll", "eval", "forward", "plot", "compare"}
+    assert set(subparsers()) == {
+        "train",
+        "sample",
+        "nll",
+        "eval",
+        "forward",
+        "plot",
+        "compare",
+        "inpaint",
+        "edit",
+    }
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0
@@ -104,6 +114,9 @@ EXPECTED_OPTIONS = {
     }
     | {"--npz", "--weights", "--no-clip", "--device", "--no-progress"},
     "forward": {"--schedule", "--steps", "--num", "--size", "--gray", "--seed", "--out"},
+    "inpaint": {"--image", "--mask", "--method", "--jump", "--resample", "--sampler", "--steps"}
+    | {"--seed", "--batch", "--out", "--npz", "--step", "--weights", "--device"},
+    "edit": {"--image", "--strength", "--eta", "--sampler", "--steps", "--seed", "--batch"},
 }
 
 

@@ -17,6 +17,8 @@ In every method the known pixels of the output equal the input exactly (pasted a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -197,3 +199,82 @@ def sdedit(
         dtype=images.dtype,
         progress=progress,
     )
+
+
+# ---------------------------------------------------------------------- inputs and batches
+MASK_REGIONS = ("lower", "upper", "left", "right", "center")
+
+
+def region_mask(region: str, size: int) -> torch.Tensor:
+    """A (1, 1, size, size) mask with 1 on the known pixels, 0 on ``region`` (to fill):
+    ``lower``/``upper``/``left``/``right`` half or the ``center`` square of half the side."""
+    mask = torch.ones(1, 1, size, size)
+    half, quarter = size // 2, size // 4
+    if region == "lower":
+        mask[..., half:, :] = 0
+    elif region == "upper":
+        mask[..., :half, :] = 0
+    elif region == "left":
+        mask[..., :, :half] = 0
+    elif region == "right":
+        mask[..., :, half:] = 0
+    elif region == "center":
+        mask[..., quarter : size - quarter, quarter : size - quarter] = 0
+    else:
+        raise ConfigError(f"unknown mask region '{region}': use a PNG or one of {MASK_REGIONS}")
+    return mask
+
+
+def read_mask(spec: str, size: int) -> torch.Tensor:
+    """A mask from a region name or an image file: white (≥ 128) marks the pixels to fill, black
+    the known ones (the diffusers convention); returns 1 = known."""
+    from pathlib import Path
+
+    from ddpmkit.data import load_image
+
+    if spec in MASK_REGIONS:
+        return region_mask(spec, size)
+    if not Path(spec).is_file():
+        raise ConfigError(
+            f"unknown mask region '{spec}' and no such image file: give a mask PNG or one of "
+            + ", ".join(MASK_REGIONS)
+        )
+
+    gray = load_image(spec, size, channels=1)  # [-1, 1]
+    return (gray < 0.0).to(torch.float32).unsqueeze(0)
+
+
+def read_images(source: str, size: int, channels: int) -> torch.Tensor:
+    """One image file or every image of a folder, as (N, C, size, size) in [−1, 1]."""
+    from pathlib import Path
+
+    from ddpmkit.data import DataConfig, from_uint8, load_dataset, load_image
+
+    path = Path(source)
+    if path.is_dir():
+        config = DataConfig(source=str(path), image_size=size, channels=channels)
+        return from_uint8(load_dataset(config, progress=False).images_uint8)
+    return load_image(path, size, channels).unsqueeze(0)
+
+
+def in_batches(
+    edit_batch: Callable[[torch.Tensor, NoiseGenerator], torch.Tensor],
+    images: torch.Tensor,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Apply ``edit_batch(images, generator)`` in batches; image i draws its noise from its own
+    generator seeded from (seed, i), so the result does not depend on the batch size."""
+    from ddpmkit.seeding import PerSampleGenerator
+
+    if batch_size < 1:
+        raise ConfigError("the batch size must be >= 1")
+    outputs = []
+    for start in tqdm(range(0, len(images), batch_size), desc="editing", disable=not progress):
+        batch = images[start : start + batch_size].to(device)
+        indices = range(start, start + len(batch))
+        generator = PerSampleGenerator.for_samples(seed, indices, device)
+        outputs.append(edit_batch(batch, generator).cpu())
+    return torch.cat(outputs)
