@@ -154,3 +154,28 @@ def test_more_guidance_moves_samples_away_from_the_other_class():
     means, below = zip(*stats, strict=True)
     assert means[0] < means[1] < means[2]
     assert below[0] >= below[1] >= below[2]
+
+
+def test_one_batched_call_equals_two_separate_calls():
+    from ddpmkit.denoiser import ConditionalDenoiser, GuidedModelDenoiser
+
+    diffusion, _ = setup(50)
+    calls = []
+
+    def model(x, t, y):
+        calls.append(len(x))
+        return torch.tanh(0.8 * x + 0.1 * y.view(-1, 1, 1, 1) + 0.01 * t.view(-1, 1, 1, 1))
+
+    labels, null = torch.tensor([0, 2, 1]), 3
+    x, t = torch.randn(3, 1, 2, 2, dtype=torch.float64), torch.tensor([7, 7, 7])
+    two = GuidedDenoiser(
+        ConditionalDenoiser(model, diffusion, labels),
+        ConditionalDenoiser(model, diffusion, torch.full_like(labels, null)),
+        2.5,
+    )(x, t)
+    assert calls == [3, 3]
+    one = GuidedModelDenoiser(model, diffusion, labels, null, 2.5)(x, t)
+    assert calls == [3, 3, 6]
+    assert torch.allclose(one.eps, two.eps, atol=1e-12) and torch.allclose(one.x0, two.x0)
+    GuidedModelDenoiser(model, diffusion, labels, null, 0.0)(x, t)
+    assert calls[-1] == 3  # w = 0: the conditional call only

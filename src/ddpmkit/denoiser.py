@@ -40,6 +40,16 @@ class Denoiser(ABC):
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction: ...
 
 
+def read_output(
+    diffusion: GaussianDiffusion, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> Prediction:
+    """A raw network output read through ``diffusion``'s parameterisation (ε, x_0 or v) and
+    variance output."""
+    raw, variance = diffusion.split_output(output, x_t)
+    pred = diffusion.interpret(raw, x_t, t)
+    return Prediction(pred.eps, pred.x0, variance)
+
+
 class ModelDenoiser(Denoiser):
     """A network ``model(x_t, t)`` read through ``diffusion``'s parameterisation (ε, x_0 or v)
     and variance output."""
@@ -49,10 +59,7 @@ class ModelDenoiser(Denoiser):
         self.diffusion = diffusion
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
-        output = self.model(x_t, t)
-        raw, variance = self.diffusion.split_output(output, x_t)
-        pred = self.diffusion.interpret(raw, x_t, t)
-        return Prediction(pred.eps, pred.x0, variance)
+        return read_output(self.diffusion, self.model(x_t, t), x_t, t)
 
 
 def as_denoiser(model: Model | Denoiser, diffusion: GaussianDiffusion) -> Denoiser:
@@ -83,10 +90,7 @@ class ConditionalDenoiser(Denoiser):
         self.labels = labels
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
-        output = self.model(x_t, t, self.labels.to(x_t.device))
-        raw, variance = self.diffusion.split_output(output, x_t)
-        pred = self.diffusion.interpret(raw, x_t, t)
-        return Prediction(pred.eps, pred.x0, variance)
+        return read_output(self.diffusion, self.model(x_t, t, self.labels.to(x_t.device)), x_t, t)
 
 
 def guide(conditional: Prediction, unconditional: Prediction, weight: float) -> Prediction:
@@ -116,3 +120,36 @@ class GuidedDenoiser(Denoiser):
         if self.weight == 0:
             return self.conditional(x_t, t)
         return guide(self.conditional(x_t, t), self.unconditional(x_t, t), self.weight)
+
+
+class GuidedModelDenoiser(Denoiser):
+    """Classifier-free guidance of one class-conditional network ``model(x_t, t, y)`` in a
+    single call on the doubled batch [x_t, x_t] with labels [y, null] (:func:`guide`); weight 0
+    makes only the conditional call."""
+
+    def __init__(
+        self,
+        model: Model,
+        diffusion: GaussianDiffusion,
+        labels: torch.Tensor,
+        null_label: int,
+        weight: float,
+    ) -> None:
+        self.model = model
+        self.diffusion = diffusion
+        self.labels = labels
+        self.null_label = null_label
+        self.weight = weight
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        labels = self.labels.to(x_t.device)
+        if self.weight == 0:
+            return read_output(self.diffusion, self.model(x_t, t, labels), x_t, t)
+        null = torch.full_like(labels, self.null_label)
+        output = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+        conditional, unconditional = output.chunk(2)
+        return guide(
+            read_output(self.diffusion, conditional, x_t, t),
+            read_output(self.diffusion, unconditional, x_t, t),
+            self.weight,
+        )
