@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpmkit.config import RunConfig
+from ddpmkit.denoiser import GuidedModelDenoiser
 from ddpmkit.diffusion import GaussianDiffusion, spaced_timesteps
 from ddpmkit.errors import ConfigError
 from ddpmkit.fileio import atomic_write_bytes
@@ -77,12 +78,16 @@ class SampleRequest:
     seed: int = 0  # >= 0
     batch_size: int = 256
     gif_frames: int = 0  # > 0: record this many evenly spaced frames of the first batch
+    labels: Sequence[int] | None = None  # class of each image (class-conditional runs)
+    guidance: float = 0.0  # classifier-free guidance weight w (ddpmkit.denoiser.guide)
+    null_label: int | None = None  # the run's "no class" label (its number of classes)
 
 
 @dataclass
 class SampleResult:
     images: torch.Tensor  # (n, C, H, W) in [-1, 1], on the CPU
     frames: list[torch.Tensor]  # x_t of the first batch at evenly spaced steps (+ the final x_0)
+    labels: torch.Tensor | None = None  # (n,) int64 for class-conditional samples
 
 
 def generate(
@@ -106,6 +111,13 @@ def generate(
     check_sampler(request.sampler, request.eta)
     if request.steps is not None:
         spaced_timesteps(diffusion.num_steps, request.steps)
+    labels = None
+    if request.labels is not None:
+        labels = torch.as_tensor(list(request.labels), dtype=torch.long)
+        if labels.shape != (request.n,) or request.null_label is None:
+            raise ConfigError("class-conditional sampling needs one label per image")
+    elif request.guidance:
+        raise ConfigError("guidance needs class labels (a class-conditional run and --class)")
     images, frames = [], []
     batches = range(0, request.n, request.batch_size)
     bar = tqdm(total=request.n, desc="sampling", unit="img", disable=not progress)
@@ -121,8 +133,17 @@ def generate(
                 if (step.total - 1 - step.index) % every == 0 and step.index < step.total - 1:
                     frames.append(step.x.detach().cpu())
 
+        denoiser = model
+        if labels is not None:
+            denoiser = GuidedModelDenoiser(
+                model,
+                diffusion,
+                labels[start : start + count],
+                request.null_label,
+                request.guidance,
+            )
         batch = sample(
-            model,
+            denoiser,
             diffusion,
             (count, *image_shape),
             sampler=request.sampler,
@@ -140,7 +161,7 @@ def generate(
     result = torch.cat(images)
     if request.gif_frames > 0:
         frames.append(result[: request.batch_size])
-    return SampleResult(result, frames)
+    return SampleResult(result, frames, labels)
 
 
 def write_outputs(
@@ -150,7 +171,9 @@ def write_outputs(
     npz: Path | None = None,
     nrow: int | None = None,
 ) -> list[Path]:
-    """Write the grid PNG, the denoising GIF and the uint8 NHWC ``arr_0`` npz that are asked for."""
+    """Write the grid PNG, the denoising GIF and the npz that are asked for: uint8 NHWC images
+    under ``arr_0`` and, for class-conditional samples, their labels under ``arr_1`` (the layout
+    of OpenAI's evaluation suite)."""
     written = []
     if grid is not None:
         written.append(save_grid(result.images, grid, nrow))
@@ -159,7 +182,10 @@ def write_outputs(
     if npz is not None:
         array = to_uint8(result.images).permute(0, 2, 3, 1).numpy()
         buffer = io.BytesIO()
-        np.savez(buffer, arr_0=array)
+        arrays = {"arr_0": array}
+        if result.labels is not None:
+            arrays["arr_1"] = result.labels.numpy()
+        np.savez(buffer, **arrays)
         atomic_write_bytes(Path(npz), buffer.getvalue())
         written.append(Path(npz))
     return written
