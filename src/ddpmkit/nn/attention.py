@@ -29,7 +29,13 @@ class FullAttention(nn.Module):
     """
 
     def __init__(
-        self, channels: int, *, heads: int, head_dim: int | None, norm_groups: int
+        self,
+        channels: int,
+        *,
+        heads: int,
+        head_dim: int | None,
+        norm_groups: int,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if head_dim is None:
@@ -39,7 +45,7 @@ class FullAttention(nn.Module):
         self.heads = heads
         self.head_dim = head_dim
         inner = heads * head_dim
-        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.norm = nn.GroupNorm(norm_groups, channels, eps=norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * inner, 1)
         self.proj = zero_module(nn.Conv2d(inner, channels, 1))
 
@@ -63,7 +69,13 @@ class LinearAttention(nn.Module):
     """
 
     def __init__(
-        self, channels: int, *, heads: int, head_dim: int | None, norm_groups: int
+        self,
+        channels: int,
+        *,
+        heads: int,
+        head_dim: int | None,
+        norm_groups: int,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if head_dim is None:
@@ -74,10 +86,10 @@ class LinearAttention(nn.Module):
         self.head_dim = head_dim
         self.scale = head_dim**-0.5
         inner = heads * head_dim
-        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.norm = nn.GroupNorm(norm_groups, channels, eps=norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
         self.proj = nn.Conv2d(inner, channels, 1)
-        self.out_norm = nn.GroupNorm(1, channels)
+        self.out_norm = nn.GroupNorm(1, channels, eps=norm_eps)
         nn.init.zeros_(self.out_norm.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,13 +105,20 @@ class LinearAttention(nn.Module):
 
 
 def make_attention(
-    kind: str, channels: int, *, heads: int, head_dim: int | None, norm_groups: int
+    kind: str,
+    channels: int,
+    *,
+    heads: int,
+    head_dim: int | None,
+    norm_groups: int,
+    norm_eps: float = 1e-5,
 ) -> nn.Module | None:
     """Build the attention block named ``kind`` ("none" gives ``None``)."""
     if kind == "none":
         return None
+    options = {"heads": heads, "head_dim": head_dim, "norm_groups": norm_groups}
     if kind == "full":
-        return FullAttention(channels, heads=heads, head_dim=head_dim, norm_groups=norm_groups)
+        return FullAttention(channels, **options, norm_eps=norm_eps)
     if kind == "linear":
-        return LinearAttention(channels, heads=heads, head_dim=head_dim, norm_groups=norm_groups)
+        return LinearAttention(channels, **options, norm_eps=norm_eps)
     raise ValueError(f"unknown attention kind {kind!r}; expected one of {ATTENTION_KINDS}")

@@ -5,6 +5,9 @@
 * :class:`ConvNextBlock` — the ConvNeXt block (Liu et al. 2022) as adapted in "The Annotated
   Diffusion Model".
 * :class:`Downsample` / :class:`Upsample` — 3x3 stride-2 conv; nearest x2 then a 3x3 conv.
+
+``norm_eps`` is the epsilon of every GroupNorm (PyTorch's default 1e-5 unless given; Ho et al.'s
+TensorFlow code and diffusers' ports of it use 1e-6).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 
 TIME_CONDITIONINGS = ("scale_shift", "add")
+DOWNSAMPLE_PADDINGS = ("symmetric", "same")
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -44,13 +48,14 @@ class ResBlock(nn.Module):
         norm_groups: int,
         dropout: float = 0.0,
         time_conditioning: str = "scale_shift",
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if time_conditioning not in TIME_CONDITIONINGS:
             raise ValueError(f"unknown time_conditioning {time_conditioning!r}")
         self.scale_shift = time_conditioning == "scale_shift"
         self.in_layers = nn.Sequential(
-            nn.GroupNorm(norm_groups, in_channels),
+            nn.GroupNorm(norm_groups, in_channels, eps=norm_eps),
             nn.SiLU(),
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
         )
@@ -58,7 +63,7 @@ class ResBlock(nn.Module):
             nn.SiLU(),
             nn.Linear(time_dim, 2 * out_channels if self.scale_shift else out_channels),
         )
-        self.out_norm = nn.GroupNorm(norm_groups, out_channels)
+        self.out_norm = nn.GroupNorm(norm_groups, out_channels, eps=norm_eps)
         self.out_layers = nn.Sequential(
             nn.SiLU(),
             nn.Dropout(dropout),
@@ -100,6 +105,7 @@ class ConvNextBlock(nn.Module):
         mult: int = 2,
         dropout: float = 0.0,
         time_conditioning: str = "add",
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if time_conditioning not in TIME_CONDITIONINGS:
@@ -112,11 +118,11 @@ class ConvNextBlock(nn.Module):
             nn.Linear(time_dim, 2 * in_channels if self.scale_shift else in_channels),
         )
         self.net = nn.Sequential(
-            nn.GroupNorm(1, in_channels),
+            nn.GroupNorm(1, in_channels, eps=norm_eps),
             nn.Conv2d(in_channels, hidden, 3, padding=1),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.GroupNorm(1, hidden),
+            nn.GroupNorm(1, hidden, eps=norm_eps),
             zero_module(nn.Conv2d(hidden, out_channels, 3, padding=1)),
         )
         self.skip: nn.Module = (
@@ -137,13 +143,23 @@ class ConvNextBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with a 3x3 conv of stride 2 (Ho et al. 2020)."""
+    """Halve the resolution with a 3x3 conv of stride 2 (Ho et al. 2020).
 
-    def __init__(self, channels: int) -> None:
+    ``padding="symmetric"`` pads one pixel on every side (PyTorch ``padding=1``); ``"same"`` pads
+    one pixel on the right and bottom only, as TensorFlow's ``"SAME"`` does at stride 2 on even
+    sizes (Ho et al.'s code; diffusers' ``downsample_padding=0``).
+    """
+
+    def __init__(self, channels: int, padding: str = "symmetric") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"unknown downsample padding {padding!r}")
+        self.same = padding == "same"
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.same else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            x = nn.functional.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 

@@ -7,11 +7,18 @@ a middle block-attention-block; an up path mirroring the down path with one extr
 each block concatenating a skip connection popped from the down path; GN→SiLU→conv3x3 out. The
 residual branches, attention projections and output conv are zero-initialised, so a fresh model
 predicts exactly zero.
+
+Options for reproducing other implementations exactly (all default to the original behaviour):
+``norm_eps`` (GroupNorm epsilon), ``downsample_padding`` ("same": TensorFlow-style padding of
+the stride-2 convs) and the time embedding's ``time_flip_sin_to_cos``, ``time_freq_shift`` and
+``time_frequencies`` (see :func:`~ddpmkit.nn.embeddings.timestep_embedding`). Together they
+express Ho et al.'s CIFAR-10 network as diffusers ships it (``google/ddpm-cifar10-32``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +29,7 @@ from torch import nn
 from ddpmkit.errors import ConfigError
 from ddpmkit.nn.attention import ATTENTION_KINDS, make_attention
 from ddpmkit.nn.blocks import (
+    DOWNSAMPLE_PADDINGS,
     TIME_CONDITIONINGS,
     ConvNextBlock,
     Downsample,
@@ -29,7 +37,7 @@ from ddpmkit.nn.blocks import (
     Upsample,
     zero_module,
 )
-from ddpmkit.nn.embeddings import SinusoidalTimeEmbedding
+from ddpmkit.nn.embeddings import TIME_FREQUENCY_ORDERS, SinusoidalTimeEmbedding
 from ddpmkit.precision import autocast_disabled
 
 BLOCK_TYPES = ("resnet", "convnext")
@@ -61,6 +69,12 @@ class UNetConfig:
     time_conditioning: str = "scale_shift"
     convnext_mult: int = 2
     learned_variance: bool = False
+    num_classes: int = 0  # > 0: class-conditional, with one more "null" class (label K)
+    norm_eps: float = 1e-5  # GroupNorm epsilon (Ho et al.'s TensorFlow code: 1e-6)
+    downsample_padding: str = "symmetric"  # or "same": pad right/bottom only (TensorFlow)
+    time_flip_sin_to_cos: bool = False  # cosines first in the sinusoidal embedding
+    time_freq_shift: int = 1  # 0 or 1: frequencies exp(-ln(10⁴)·i/(half − shift))
+    time_frequencies: str = "ddpmkit"  # float32 rounding of those: "ddpmkit" or "diffusers"
 
     def __post_init__(self) -> None:
         for name in ("channel_mults", "attention"):
@@ -69,6 +83,8 @@ class UNetConfig:
                 setattr(self, name, tuple(value))
         if _is_int(self.dropout):
             self.dropout = float(self.dropout)
+        if _is_int(self.norm_eps):
+            self.norm_eps = float(self.norm_eps)
         self.validate()
 
     @property
@@ -91,6 +107,10 @@ class UNetConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad value."""
+        if not _is_int(self.num_classes) or self.num_classes < 0:
+            raise ConfigError(
+                f"model.num_classes must be an integer >= 0, got {self.num_classes!r}"
+            )
         for name in (
             "in_channels",
             "base_channels",
@@ -147,6 +167,27 @@ class UNetConfig:
         if not isinstance(self.learned_variance, bool):
             raise ConfigError(
                 f"unet.learned_variance must be true or false, got {self.learned_variance!r}"
+            )
+        eps = self.norm_eps
+        if not isinstance(eps, float) or not (math.isfinite(eps) and 0 < eps < 1):
+            raise ConfigError(f"unet.norm_eps must be a number in (0, 1), got {eps!r}")
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ConfigError(
+                f"unet.downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
+                f"got {self.downsample_padding!r}"
+            )
+        if not isinstance(self.time_flip_sin_to_cos, bool):
+            raise ConfigError(
+                "unet.time_flip_sin_to_cos must be true or false, "
+                f"got {self.time_flip_sin_to_cos!r}"
+            )
+        shift = self.time_freq_shift
+        if not _is_int(shift) or shift not in (0, 1):
+            raise ConfigError(f"unet.time_freq_shift must be 0 or 1, got {shift!r}")
+        if self.time_frequencies not in TIME_FREQUENCY_ORDERS:
+            raise ConfigError(
+                f"unet.time_frequencies must be one of {', '.join(TIME_FREQUENCY_ORDERS)}, "
+                f"got {self.time_frequencies!r}"
             )
         channels = self.level_channels
         bad = sorted({c for c in channels if c % self.norm_groups})
@@ -217,11 +258,21 @@ class UNet(nn.Module):
         self.config = config
         base = config.base_channels
         time_dim = 4 * base
-        self.time_features = SinusoidalTimeEmbedding(base)
+        self.time_features = SinusoidalTimeEmbedding(
+            base,
+            flip_sin_to_cos=config.time_flip_sin_to_cos,
+            freq_shift=config.time_freq_shift,
+            frequencies=config.time_frequencies,
+        )
         self.time_embed = nn.Sequential(
             nn.Linear(base, time_dim),
             nn.SiLU(),
             nn.Linear(time_dim, time_dim),
+        )
+        # classifier-free guidance (Ho & Salimans 2022): a learned class embedding added to the
+        # time embedding, with one extra "null" class (index num_classes) for no class
+        self.class_embed = (
+            nn.Embedding(config.num_classes + 1, time_dim) if config.num_classes else None
         )
 
         def block(cin: int, cout: int) -> nn.Module:
@@ -233,6 +284,7 @@ class UNet(nn.Module):
                     mult=config.convnext_mult,
                     dropout=config.dropout,
                     time_conditioning=config.time_conditioning,
+                    norm_eps=config.norm_eps,
                 )
             return ResBlock(
                 cin,
@@ -241,6 +293,7 @@ class UNet(nn.Module):
                 norm_groups=config.norm_groups,
                 dropout=config.dropout,
                 time_conditioning=config.time_conditioning,
+                norm_eps=config.norm_eps,
             )
 
         def attention(kind: str, ch: int) -> nn.Module | None:
@@ -250,6 +303,7 @@ class UNet(nn.Module):
                 heads=config.attention_heads,
                 head_dim=config.attention_head_dim,
                 norm_groups=config.norm_groups,
+                norm_eps=config.norm_eps,
             )
 
         levels = config.level_channels
@@ -264,7 +318,7 @@ class UNet(nn.Module):
                 ch = out_ch
                 skip_channels.append(ch)
             if level != last:
-                self.down.append(_Layer(resample=Downsample(ch)))
+                self.down.append(_Layer(resample=Downsample(ch, config.downsample_padding)))
                 skip_channels.append(ch)
 
         self.mid = nn.ModuleList(
@@ -292,7 +346,7 @@ class UNet(nn.Module):
         assert not skip_channels
 
         self.out = nn.Sequential(
-            nn.GroupNorm(config.norm_groups, ch),
+            nn.GroupNorm(config.norm_groups, ch, eps=config.norm_eps),
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1)),
         )
@@ -332,14 +386,28 @@ class UNet(nn.Module):
             )
         return t
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Predict the noise (and, with ``learned_variance``, v) for ``x`` at timesteps ``t``.
 
         ``t`` has shape (B,); a Python int, a 0-d or a 1-element tensor is broadcast to the batch.
+        ``y``: class labels (B,) of a class-conditional network, ``num_classes`` (or None) for
+        the unconditional prediction; an unconditional network accepts only None.
         """
         t = self._check_input(x, t)
         features = self.time_features(t).to(self.time_embed[0].weight.dtype)
         emb = self.time_embed(features)
+        if self.class_embed is not None:
+            if y is None:
+                y = torch.full_like(t, self.config.num_classes)
+            if y.shape != t.shape:
+                raise ConfigError(
+                    f"labels y must have shape {tuple(t.shape)}, got {tuple(y.shape)}"
+                )
+            emb = emb + self.class_embed(y.to(t.device)).to(emb.dtype)
+        elif y is not None:
+            raise ConfigError("this U-Net is unconditional (model.num_classes = 0): pass no labels")
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:
@@ -378,4 +446,5 @@ class UNet(nn.Module):
             f"{cfg.blocks_per_resolution} {cfg.block_type} blocks/level, "
             f"attention {'/'.join(cfg.attention)} + mid {cfg.mid_attention} ({heads}), "
             f"time {cfg.time_conditioning}, {cfg.in_channels}→{cfg.out_channels} channels"
+            + (f", {cfg.num_classes} classes + null" if cfg.num_classes else "")
         )
