@@ -85,6 +85,8 @@ def test_every_command_is_listed(capsys):
         "compare",
         "inpaint",
         "edit",
+        "export",
+        "import",
     }
     with pytest.raises(SystemExit) as info:
         main(["--help"])

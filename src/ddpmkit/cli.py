@@ -94,7 +94,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "optionally a denoising GIF and an .npz of uint8 NHWC images (key arr_0).",
     )
     samp.add_argument("run_dir", metavar="RUN_DIR")
-    samp.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    samp.add_argument(
+        "--n", type=int, default=None, help="number of images, per class with --class (default 64)"
+    )
     samp.add_argument(
         "--sampler",
         default="ddpm",
@@ -116,6 +118,20 @@ def _build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--gif", metavar="FILE.gif", help="also write a GIF of the denoising")
     samp.add_argument("--npz", metavar="FILE.npz", help="also write the images as uint8 NHWC")
     samp.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 to [-1, 1]")
+    samp.add_argument(
+        "--class",
+        dest="classes",
+        metavar="K[,K...]|all",
+        help="class-conditional runs: the class(es) to draw, by index or name, or all; with "
+        "several classes --n is per class (default 8) and the grid has one row per class",
+    )
+    samp.add_argument(
+        "--guidance",
+        type=float,
+        default=0.0,
+        help="classifier-free guidance weight w (default 0): eps = (1 + w) eps(x, class) - "
+        "w eps(x, null), i.e. diffusers' guidance_scale = 1 + w",
+    )
     _add_run_loading_options(samp)
 
     nll = sub.add_parser(
@@ -277,6 +293,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, metavar="N", help="show the eval.json results with N sampling steps"
     )
     _add_editing_parsers(sub)
+    _add_interop_parsers(sub)
     return parser
 
 
@@ -329,11 +346,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from ddpmkit.generate import SampleRequest, generate, load_run, write_outputs
 
-    _positive(args.n, "--n")
     _positive(args.batch, "--batch")
     run = load_run(args.run_dir, weights=args.weights, device=args.device, step=args.step)
+    classes = _classes(args.classes, args.run_dir, run.config.model.num_classes)
+    per_class = args.n if args.n is not None else (8 if classes and len(classes) > 1 else 64)
+    _positive(per_class, "--n")
+    labels = [k for k in classes for _ in range(per_class)] if classes else None
     request = SampleRequest(
-        n=args.n,
+        n=len(labels) if labels else per_class,
+        labels=labels,
+        guidance=args.guidance,
+        null_label=run.config.model.num_classes if classes else None,
         sampler=args.sampler,
         steps=args.steps,
         eta=args.eta,
@@ -367,11 +390,42 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         grid=Path(grid),
         gif=Path(args.gif) if args.gif else None,
         npz=Path(args.npz) if args.npz else None,
+        nrow=per_class if classes and len(classes) > 1 else None,
     )
-    print(f"{args.n} images in {seconds:.1f} s ({args.n / seconds:.1f} img/s) from step {run.step}")
+    n = request.n
+    print(f"{n} images in {seconds:.1f} s ({n / seconds:.1f} img/s) from step {run.step}")
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _classes(spec: str | None, run_dir: str, num_classes: int) -> list[int] | None:
+    """``--class`` as class indices: numbers, names from classes.json, or ``all``."""
+    if spec is None:
+        return None
+    if not num_classes:
+        raise DdpmkitError(
+            f"'{run_dir}' is not class-conditional (train it with train.conditional=true): "
+            "drop --class"
+        )
+    from ddpmkit.rundir import CLASSES_FILE, RunDir
+
+    names = RunDir(run_dir).read_json(CLASSES_FILE) or []
+    if spec.strip() == "all":
+        return list(range(num_classes))
+    classes = []
+    for item in (part.strip() for part in spec.split(",") if part.strip()):
+        if item in names:
+            classes.append(names.index(item))
+        elif item.isdigit() and int(item) < num_classes:
+            classes.append(int(item))
+        else:
+            raise DdpmkitError(
+                f"unknown class '{item}': give 0..{num_classes - 1}, a class name or all"
+            )
+    if not classes:
+        raise DdpmkitError("--class is empty")
+    return classes
 
 
 def _cmd_nll(args: argparse.Namespace) -> int:
@@ -663,6 +717,70 @@ def _pairs(inputs, outputs):
     return torch.stack([inputs, outputs], dim=1).flatten(0, 1)
 
 
+def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
+    """``ddpm export`` and ``ddpm import`` (diffusers pipeline folders)."""
+    exp = sub.add_parser(
+        "export",
+        help="write a run as a diffusers DDPMPipeline folder (UNet2DModel + DDPMScheduler)",
+        description="Write the EMA (or model) weights of a run as a folder that diffusers' "
+        "DDPMPipeline.from_pretrained loads and the Hugging Face Hub shows: model_index.json, "
+        "unet/ (config.json, diffusion_pytorch_model.safetensors), scheduler/, a README.md "
+        "model card with the metrics of eval.json and nll.json, and ddpmkit.json (the run's "
+        "config, for `ddpm import`). Models diffusers cannot express exactly are refused.",
+    )
+    exp.add_argument("run_dir", metavar="RUN_DIR")
+    exp.add_argument(
+        "--format", default="diffusers", choices=["diffusers"], help="output format: diffusers"
+    )
+    exp.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    exp.add_argument(
+        "--weights", default="ema", choices=["ema", "model"], help="which weights (default ema)"
+    )
+    exp.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+
+    imp = sub.add_parser(
+        "import",
+        help="make a run directory of a diffusers UNet2DModel + DDPMScheduler folder",
+        description="Read a diffusers pipeline folder as downloaded from the Hub (model_index."
+        "json, unet/ with diffusion_pytorch_model.safetensors, scheduler/) into a new run "
+        "directory: config.json and a checkpoint whose model and EMA weights are the imported "
+        "ones, with a fresh optimizer. `ddpm sample|eval|nll RUN` then work, and `ddpm train "
+        "--resume RUN --data PATH` fine-tunes it. Pickled .bin weights are refused.",
+    )
+    imp.add_argument("folder", metavar="DIR", help="the diffusers pipeline folder")
+    imp.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ddpmkit.interop import export_diffusers
+
+    result = export_diffusers(
+        args.run_dir, args.out, weights=args.weights, step=args.step, fmt=args.format
+    )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"exported step {result.step} ({result.weights} weights) to {result.path}")
+    print(f"load it with: DDPMPipeline.from_pretrained('{result.path}')")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from ddpmkit.interop import import_diffusers
+
+    result = import_diffusers(args.folder, args.out)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    model = result.config.model
+    print(
+        f"imported {args.folder} as {result.run_dir} at step {result.step} (config from "
+        f"{result.source}): {model.num_levels} levels, channels "
+        f"{'/'.join(map(str, model.level_channels))}, {result.config.diffusion.schedule} "
+        f"schedule, T = {result.config.diffusion.num_steps}"
+    )
+    print(f"sample with: ddpm sample {result.run_dir}")
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "sample": _cmd_sample,
@@ -673,6 +791,8 @@ COMMANDS = {
     "compare": _cmd_compare,
     "inpaint": _cmd_edit_images,
     "edit": _cmd_edit_images,
+    "export": _cmd_export,
+    "import": _cmd_import,
 }
 
 

@@ -62,6 +62,8 @@ class TrainConfig:
     checkpoint_every: int = 1000  # 0: only at the end
     keep_checkpoints: int = 3  # checkpoint directories kept (the newest ones)
     max_bad_steps: int = 10  # stop after this many non-finite steps in a row
+    conditional: bool = False  # class-conditional on the data's labels (classifier-free)
+    label_dropout: float = 0.1  # share of labels replaced by the null class when conditional
     tracker: str = "none"  # none | tensorboard | wandb | mlflow (see ddpmkit.trackers)
     tracker_project: str = "ddpmkit"  # wandb project / MLflow experiment
     tracker_uri: str = ""  # MLflow tracking URI (default: $MLFLOW_TRACKING_URI or RUN_DIR/mlruns)
@@ -86,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not self.time_limit_min >= 0:
             raise ConfigError(f"train.time_limit_min must be >= 0, got {self.time_limit_min}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"train.label_dropout must lie in [0, 1), got {self.label_dropout}")
         if self.tracker not in TRACKERS:
             raise ConfigError(
                 f"unknown train.tracker '{_clean(self.tracker)}': choose one of "

@@ -5,6 +5,7 @@ Layout::
     config.json                    the full resolved RunConfig
     metrics.jsonl                  one JSON line per log interval
     eval.json, eval.md             `ddpm eval`;  nll.json: `ddpm nll`
+    classes.json                   class names of a class-conditional run
     samples/step_NNNNNN.png        sample grids
     checkpoints/step_NNNNNNN/      one immutable directory per checkpoint:
         model.safetensors, ema.safetensors, optimizer.safetensors, train_state.safetensors,
@@ -46,6 +47,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 NLL_FILE = "nll.json"
+CLASSES_FILE = "classes.json"  # class names of a class-conditional run
 SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINTS_DIR = "checkpoints"

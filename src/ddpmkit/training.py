@@ -11,6 +11,7 @@ batch_size/N images and only rank 0 writes files.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import random
@@ -31,7 +32,7 @@ from ddpmkit.errors import ConfigError, DataError, DdpmkitError, RunDirError
 from ddpmkit.generate import SampleRequest, generate, resolve_device
 from ddpmkit.interrupts import EXIT_CODES, StopRequests, signal_name
 from ddpmkit.nn import UNet
-from ddpmkit.rundir import RunDir
+from ddpmkit.rundir import CLASSES_FILE, RunDir
 from ddpmkit.timesteps import make_timestep_sampler
 from ddpmkit.trackers import check_installed, make_tracker
 from ddpmkit.train_state import TrainState
@@ -218,6 +219,7 @@ class Trainer:
             raise DataError(f"data source '{config.data.source}' holds no images")
         self.dataset_description = dataset.describe()
         self.images = images.to(self.device)
+        self.labels, self.class_names = self._class_labels(dataset)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tc.seed)
@@ -259,6 +261,31 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
 
+    def _class_labels(self, dataset) -> tuple[torch.Tensor | None, list[str] | None]:
+        """The labels a class-conditional run trains on, and ``model.num_classes`` derived from
+        them (the U-Net adds one "null" class for label dropout)."""
+        tc, model = self.config.train, self.config.model
+        if not tc.conditional:
+            if model.num_classes:
+                raise ConfigError("model.num_classes is set: train it with train.conditional=true")
+            return None, None
+        labels = getattr(dataset, "labels", None)
+        if labels is None:
+            raise DataError(
+                f"train.conditional=true needs class labels, and '{self.config.data.source}' "
+                "has none (labelled sources: digits, class subfolders, hf: ClassLabel, npz "
+                "labels, CIFAR)"
+            )
+        names = getattr(dataset, "class_names", None)
+        count = len(names) if names else int(labels.max()) + 1
+        if model.num_classes and model.num_classes != count:
+            raise ConfigError(
+                f"model.num_classes={model.num_classes} but the data has {count} classes"
+            )
+        self.config.model = dataclasses.replace(model, num_classes=count)
+        names = list(names) if names else [str(k) for k in range(count)]
+        return labels.to(torch.long).to(self.device), names
+
     # ------------------------------------------------------------------ short names
     @property
     def model(self) -> torch.nn.Module:
@@ -273,8 +300,10 @@ class Trainer:
         return self.state.optimizer
 
     # ------------------------------------------------------------------ one step
-    def _next_batch(self, size: int) -> torch.Tensor:
-        """``size`` images of a fresh random permutation per epoch, scaled to [-1, 1]."""
+    def _next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``size`` images of a fresh random permutation per epoch, scaled to [-1, 1], and their
+        labels for a conditional run, ``train.label_dropout`` of them replaced by the null
+        class (Ho & Salimans 2022, Algorithm 1)."""
         state, parts, needed = self.state, [], size
         while needed > 0:
             if state.cursor >= len(state.order):
@@ -284,10 +313,16 @@ class Trainer:
             state.cursor += len(take)
             needed -= len(take)
             parts.append(take)
-        batch = from_uint8(self.images[torch.cat(parts).to(self.images.device)])
+        index = torch.cat(parts).to(self.images.device)
+        batch = from_uint8(self.images[index])
         if self.config.data.random_flip:
             batch = random_hflip(batch, state.data_gen)
-        return batch
+        if self.labels is None:
+            return batch, None
+        labels = self.labels[index].clone()
+        drop = torch.rand(size, generator=state.data_gen) < self.config.train.label_dropout
+        labels[drop.to(labels.device)] = self.config.model.num_classes  # the null class
+        return batch, labels
 
     def _forward_backward(self, autocast: bool) -> tuple[float, float, torch.Tensor, torch.Tensor]:
         """Gradients of one step over ``grad_accum`` micro-batches: (loss, gradient norm before
@@ -297,13 +332,19 @@ class Trainer:
         state.optimizer.zero_grad(set_to_none=True)
         loss, ts, losses = 0.0, [], []
         for _ in range(tc.grad_accum):
-            x0 = self._next_batch(micro)
+            x0, labels = self._next_batch(micro)
+            model = self.train_model
+            if labels is not None:
+
+                def model(x_t, t, _labels=labels):
+                    return self.train_model(x_t, t, _labels)
+
             t, weights = None, None
             if state.timestep_sampler is not None:
                 t, weights = state.timestep_sampler.sample(micro, self.device, state.noise_gen)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = self.diffusion.training_loss(
-                    self.train_model, x0, t=t, generator=state.noise_gen, weights=weights
+                    model, x0, t=t, generator=state.noise_gen, weights=weights
                 )
             (out.loss / tc.grad_accum).backward()
             loss += out.loss.item() / tc.grad_accum
@@ -409,6 +450,8 @@ class Trainer:
         tc, state = self.config.train, self.state
         if self.is_main:
             self.run.write_config(self.config)
+            if self.class_names is not None:
+                self.run.write_json(CLASSES_FILE, self.class_names)
         self._autocast = tc.amp and bf16_autocast_supported(self.device)
         if tc.amp and not self._autocast and self.is_main:
             warnings.warn(
