@@ -179,3 +179,21 @@ def test_one_batched_call_equals_two_separate_calls():
     assert torch.allclose(one.eps, two.eps, atol=1e-12) and torch.allclose(one.x0, two.x0)
     GuidedModelDenoiser(model, diffusion, labels, null, 0.0)(x, t)
     assert calls[-1] == 3  # w = 0: the conditional call only
+
+
+def test_a_doubled_batch_too_large_is_split_into_two_calls_with_the_same_result():
+    from ddpmkit.denoiser import GuidedModelDenoiser
+
+    diffusion, _ = setup(50)
+    calls = []
+
+    def model(x, t, y):
+        calls.append(len(x))
+        return torch.tanh(0.8 * x + 0.1 * y.view(-1, 1, 1, 1))
+
+    labels = torch.tensor([0, 2, 1])
+    x, t = torch.randn(3, 1, 2, 2, dtype=torch.float64), torch.tensor([7, 7, 7])
+    one = GuidedModelDenoiser(model, diffusion, labels, 3, 1.5, max_batch=6)(x, t)
+    two = GuidedModelDenoiser(model, diffusion, labels, 3, 1.5, max_batch=5)(x, t)
+    assert calls == [6, 3, 3]
+    assert torch.allclose(one.eps, two.eps, atol=1e-12)

@@ -124,8 +124,10 @@ class GuidedDenoiser(Denoiser):
 
 class GuidedModelDenoiser(Denoiser):
     """Classifier-free guidance of one class-conditional network ``model(x_t, t, y)`` in a
-    single call on the doubled batch [x_t, x_t] with labels [y, null] (:func:`guide`); weight 0
-    makes only the conditional call."""
+    single call on the doubled batch [x_t, x_t] with labels [y, null] (:func:`guide`), or in
+    two calls when the doubled batch would exceed ``max_batch`` (on a 2-core CPU one call is
+    faster up to 256 images and slower beyond: BENCHMARKS.md); weight 0 makes only the
+    conditional call."""
 
     def __init__(
         self,
@@ -134,20 +136,25 @@ class GuidedModelDenoiser(Denoiser):
         labels: torch.Tensor,
         null_label: int,
         weight: float,
+        max_batch: int | None = None,
     ) -> None:
         self.model = model
         self.diffusion = diffusion
         self.labels = labels
         self.null_label = null_label
         self.weight = weight
+        self.max_batch = max_batch
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
         labels = self.labels.to(x_t.device)
         if self.weight == 0:
             return read_output(self.diffusion, self.model(x_t, t, labels), x_t, t)
         null = torch.full_like(labels, self.null_label)
-        output = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
-        conditional, unconditional = output.chunk(2)
+        if self.max_batch is not None and 2 * len(x_t) > self.max_batch:
+            conditional, unconditional = self.model(x_t, t, labels), self.model(x_t, t, null)
+        else:
+            output = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+            conditional, unconditional = output.chunk(2)
         return guide(
             read_output(self.diffusion, conditional, x_t, t),
             read_output(self.diffusion, unconditional, x_t, t),
