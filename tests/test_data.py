@@ -371,3 +371,35 @@ def test_to_uint8_inverts_scaling_exactly():
     assert torch.equal(to_uint8(x.double()), levels)
     odd = torch.tensor([-3.0, -1.0, 0.0, 1.0, 7.0, float("nan")])
     assert to_uint8(odd).tolist() == [0, 0, 128, 255, 255, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# the shipped configs
+
+
+_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
+
+
+@pytest.mark.parametrize("path", _CONFIGS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
+def test_every_config_loads_its_data_and_builds_its_model(tmp_path, path):
+    """Each config, its data source replaced by a local .npz of the right size, validates, loads
+    the data and builds its U-Net; a "Cost: xM parameters" comment matches the model."""
+    import re
+
+    from ddpmkit.config import resolve_config
+    from ddpmkit.nn import UNet
+
+    config = resolve_config(path, [f"data.source={tmp_path / 'x.npz'}"])
+    size, channels = config.data.image_size, config.data.channels
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "x.npz", rng.integers(0, 256, (3, size, size, channels), dtype=np.uint8))
+    ds = load_dataset(config.data, progress=False)
+    assert ds.images_uint8.shape == (3, channels, size, size)
+    model = UNet(config.model)
+    stated = re.search(r"Cost: ([\d.]+)M parameters", path.read_text())
+    if stated:
+        assert f"{model.num_parameters() / 1e6:.1f}" == stated.group(1)
+    if sum(p.numel() for p in model.parameters()) < 10_000_000:  # forward the small ones
+        with torch.no_grad():
+            out = model(from_uint8(ds.images_uint8[:1]), torch.zeros(1, dtype=torch.long))
+        assert out.shape[-3:] == (config.model.out_channels, size, size)

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ddpmkit import data as data_module
 from ddpmkit.cli import main
 from ddpmkit.config import MAX_CONFIG_BYTES, config_from_dict, load_config_file, resolve_config
 from ddpmkit.data import MAX_IMAGE_PIXELS, DataConfig, SkippedFilesWarning, load_dataset, load_image
+from ddpmkit.data import npz as npz_module
 from ddpmkit.errors import ConfigError, CorruptFileError, DataError, DdpmkitError, RunDirError
 from ddpmkit.fileio import load_tensors
 
@@ -362,7 +362,7 @@ def test_npz_giant_declared_shape_is_refused_before_allocating(tmp_path):
 
 def test_npz_larger_than_memory_is_refused(tmp_path, monkeypatch):
     np.savez(tmp_path / "x.npz", np.zeros((4, 8, 8), np.uint8))
-    monkeypatch.setattr(data_module, "_physical_memory", lambda: 100)
+    monkeypatch.setattr(npz_module, "_physical_memory", lambda: 100)
     with pytest.raises(DataError, match="do not fit"):
         _load(tmp_path / "x.npz")
 
