@@ -87,6 +87,7 @@ def test_every_command_is_listed(capsys):
         "edit",
         "export",
         "import",
+        "fid",
     }
     with pytest.raises(SystemExit) as info:
         main(["--help"])

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import shapes_array, tiny_overrides
 from ddpmkit.cli import main
+from ddpmkit.metrics.inception import random_inception_state
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +105,68 @@ def test_the_data_itself_scores_a_perfect_fid(tiny_run, tmp_path):
         (["--steps", "51"], "steps must be between"),
         (["--n", "1"], "--n must be"),
         (["--samples", "missing.npz"], "does not exist"),
-        (["--features", "inception"], "ddpmkit[inception]"),
+        (["--features", "inception"], "no Inception-v3 FID weights"),
+        (["--preset", "paper", "--features", "digits"], "drop --features digits"),
     ],
 )
-def test_user_errors_are_one_line(tiny_run, tmp_path, capsys, args, message):
+def test_user_errors_are_one_line(tiny_run, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     assert run_eval(tiny_run, tmp_path, "--n", "4", *args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("inception") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(random_inception_state(seed=2), path)
+    return path
+
+
+def test_paper_preset_uses_inception_and_warns_below_50000(
+    tiny_run, tmp_path, capsys, inception_weights
+):
+    """Inception (random weights) on a tiny reference and tiny --samples: scored, with one
+    warning for each set smaller than 50,000 images."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "ref.npz", arr_0=shapes_array(8))
+    np.savez(tmp_path / "s.npz", arr_0=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8))
+    out = tmp_path / "eval.json"
+    args = ["eval", str(tiny_run), "--preset", "paper", "--no-progress", "--cache-dir"]
+    args += [str(tmp_path), "--feature-weights", str(inception_weights), "--out", str(out)]
+    args += ["--data", str(tmp_path / "ref.npz"), "--samples", str(tmp_path / "s.npz")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "the reference set has 8 images, fewer than the 50,000" in err
+    assert "s.npz has 6 images" in err
+    report = json.loads(out.read_text())
+    assert report["features"] == "inception" and report["results"][0]["n"] == 6
+
+
+def test_paper_preset_draws_50000_samples_unless_told(tiny_run, tmp_path, capsys, monkeypatch):
+    import ddpmkit.evaluate
+
+    seen = []
+
+    def fake_evaluate(run, request, *args, **kwargs):
+        seen.append(request.n)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(ddpmkit.evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(ddpmkit.evaluate, "reference_for", _tiny_reference)
+    monkeypatch.setattr("ddpmkit.metrics.extractors.load_extractor", lambda *a, **k: None)
+    base = ["eval", str(tiny_run), "--preset", "paper", "--no-progress"]
+    for extra in ([], ["--n", "100"]):
+        with pytest.raises(SystemExit):
+            main([*base, *extra])
+    assert seen == [50_000, 100]
+    err = capsys.readouterr().err
+    assert "--n has 100 images" in err and "--n has 50,000" not in err
+
+
+def _tiny_reference(data, extractor, cache_dir=None, progress=True):
+    from ddpmkit.evaluate import Reference
+    from ddpmkit.metrics.frechet import GaussianStats
+
+    features = np.random.default_rng(0).normal(size=(60_000, 2))
+    return Reference(features, GaussianStats.of(features), data.source, False)

@@ -1,24 +1,17 @@
-"""Feature extractors: the shipped digits CNN and the torch-fidelity Inception adapter.
+"""Feature extractors: the shipped digits CNN and the common interface.
 
-The Inception tests run against a fake ``torch_fidelity`` module put in ``sys.modules``: the real
-package (and its weights, ~100 MB) are not installed here. The fake records how it is built and
-returns features that depend on the pixels, so the adapter's plumbing is checked end to end.
+The Inception extractor (our own FID Inception-v3) is tested in ``test_inception.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 import re
 import subprocess
 import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ddpmkit.data import DataConfig, load_dataset
@@ -27,8 +20,6 @@ from ddpmkit.metrics.digits_cnn import DigitsCNN, held_out_split
 from ddpmkit.metrics.extractors import (
     DIGITS_WEIGHTS_PATH,
     EXTRACTORS,
-    INCEPTION_WEIGHTS_FILE,
-    INCEPTION_WEIGHTS_URL,
     FeatureExtractor,
     extract_features,
     load_extractor,
@@ -207,148 +198,3 @@ def test_imports_stay_light():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-
-
-# --------------------------------------------------------------------------------------------
-# inception: the adapter, against a fake torch-fidelity
-
-
-class _NotATensor:
-    """Pickled into a weights file: must be refused without being unpickled."""
-
-
-def test_inception_without_torch_fidelity(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # import fails as if not installed
-    with pytest.raises(ConfigError) as info:
-        load_extractor("inception")
-    assert 'pip install "ddpmkit[inception]"' in str(info.value)
-    assert "torchvision" in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-@pytest.fixture
-def fake_fidelity(monkeypatch, tmp_path):
-    """A fake ``torch_fidelity.feature_extractor_inceptionv3``; returns the list of builds."""
-    builds: list[dict] = []
-    proj = torch.randn(48, 2048, generator=torch.Generator().manual_seed(0))
-
-    class FakeInceptionV3(torch.nn.Module):
-        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-            super().__init__()
-            state = torch.load(feature_extractor_weights_path, weights_only=True)
-            self.register_buffer("gain", state["gain"])
-            self.seen: list[tuple[int, ...]] = []
-            builds.append(
-                {
-                    "name": name,
-                    "features_list": features_list,
-                    "path": feature_extractor_weights_path,
-                    "kwargs": kwargs,
-                    "model": self,
-                }
-            )
-
-        def forward(self, x):
-            assert x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 3
-            self.seen.append(tuple(x.shape))
-            pooled = F.adaptive_avg_pool2d(x.float(), 4).flatten(1)  # (N, 48)
-            return (pooled @ proj * self.gain,)
-
-    package = types.ModuleType("torch_fidelity")
-    package.__path__ = []
-    package.__version__ = "0.0-fake"
-    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
-    module.FeatureExtractorInceptionV3 = FakeInceptionV3
-    package.feature_extractor_inceptionv3 = module
-    monkeypatch.setitem(sys.modules, "torch_fidelity", package)
-    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", module)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    return builds
-
-
-def _weights(path: Path, gain: float = 1.0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"gain": torch.tensor(gain)}, path)
-    return path
-
-
-def test_inception_missing_weights(fake_fidelity, tmp_path):
-    cache = tmp_path / "hub" / "checkpoints" / INCEPTION_WEIGHTS_FILE
-    with pytest.raises(ConfigError) as info:
-        load_extractor("inception")
-    message = str(info.value)
-    assert str(cache) in message and "weights=" in message and INCEPTION_WEIGHTS_URL in message
-    assert "\n" not in message
-    with pytest.raises(ConfigError, match="missing.pth' not found"):
-        load_extractor("inception", weights=tmp_path / "missing.pth")
-    assert not fake_fidelity
-
-
-@pytest.mark.parametrize(
-    "content",
-    [
-        {"gain": torch.tensor(1.0), "extra": _NotATensor()},  # an arbitrary object: refused
-        [torch.tensor(1.0)],  # tensors, but not a state dict
-        b"garbage",  # corrupt
-        "pickle",  # a plain pickle of an object, not written by torch.save
-    ],
-)
-def test_inception_refuses_unsafe_or_corrupt_weights(fake_fidelity, tmp_path, content):
-    path = tmp_path / "w.pth"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content == "pickle":
-        path.write_bytes(pickle.dumps(_NotATensor()))
-    else:
-        torch.save(content, path)
-    with pytest.raises(ConfigError, match="w.pth"):
-        load_extractor("inception", weights=path)
-    assert not fake_fidelity  # refused before torch-fidelity saw the file
-
-
-def test_inception_valid_weights(fake_fidelity, tmp_path):
-    path = _weights(tmp_path / "w.pth")
-    ext = load_extractor("inception", weights=path)
-    assert isinstance(ext, FeatureExtractor)
-    assert (ext.name, ext.dims) == ("inception", 2048)
-    (build,) = fake_fidelity
-    assert build["name"] == "inception-v3-compat"
-    assert build["features_list"] == ["2048"]
-    assert build["path"] == str(path)
-    assert ext.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert HEX16.match(ext.fingerprint)
-
-    rng = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (5, 3, 32, 32), generator=rng, dtype=torch.uint8)
-    feats = ext(images)
-    assert feats.shape == (5, 2048) and feats.dtype == torch.float32
-    assert feats.device.type == "cpu"
-
-
-def test_inception_default_cache_and_fingerprint(fake_fidelity, tmp_path):
-    cache = _weights(tmp_path / "hub" / "checkpoints" / INCEPTION_WEIGHTS_FILE)
-    ext = load_extractor("inception")
-    assert fake_fidelity[0]["path"] == str(cache)
-    assert load_extractor("inception").fingerprint == ext.fingerprint
-    other = load_extractor("inception", weights=_weights(tmp_path / "other.pth", gain=2.0))
-    assert other.fingerprint != ext.fingerprint
-
-
-def test_inception_gray_replicated(fake_fidelity, tmp_path):
-    ext = load_extractor("inception", weights=_weights(tmp_path / "w.pth"))
-    rng = torch.Generator().manual_seed(2)
-    gray = torch.randint(0, 256, (4, 1, 16, 16), generator=rng, dtype=torch.uint8)
-    feats = ext(gray)
-    assert fake_fidelity[0]["model"].seen[-1] == (4, 3, 16, 16)
-    assert torch.equal(feats, ext(gray.repeat(1, 3, 1, 1)))
-
-
-def test_inception_extract_features_batches(fake_fidelity, tmp_path):
-    ext = load_extractor("inception", weights=_weights(tmp_path / "w.pth"))
-    rng = torch.Generator().manual_seed(3)
-    images = torch.randint(0, 256, (10, 3, 8, 8), generator=rng, dtype=torch.uint8)
-    whole = extract_features(ext, images, progress=False)
-    batched = extract_features(ext, images, batch_size=3, progress=False)
-    assert whole.shape == (10, 2048) and whole.dtype == np.float64
-    np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-3)
-    assert [s[0] for s in fake_fidelity[0]["model"].seen[-4:]] == [3, 3, 3, 1]

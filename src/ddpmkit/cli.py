@@ -7,6 +7,7 @@ training with exit code 130 and 143 after the state of the last completed step i
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -71,8 +72,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE.toml", help="a config file (see configs/)")
     train.add_argument(
         "--data",
-        metavar="digits|PATH",
-        help="data source: 'digits' (built in), an image folder, or a .npz of uint8 NHWC images",
+        metavar="digits|PATH|hf:NAME",
+        help="data source: 'digits' (built in), an image folder, a .npz of uint8 NHWC images, a "
+        "CIFAR-10/100 folder (PATH[:test]) or a Hugging Face data set hf:NAME[:SPLIT]",
     )
     train.add_argument(
         "--out",
@@ -142,7 +144,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "calls per batch. Writes the result as JSON.",
     )
     nll.add_argument("run_dir", metavar="RUN_DIR")
-    nll.add_argument("--data", metavar="digits|PATH", help="data source (default: the run's)")
+    nll.add_argument(
+        "--data", metavar="digits|PATH|hf:NAME", help="data source (default: the run's)"
+    )
     nll.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
     nll.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     nll.add_argument("--seed", type=int, default=0, help="seed for the subset and noise")
@@ -154,13 +158,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="sample quality: FID, KID, precision/recall per sampler and step count",
         description="Draw --n samples per sampler and step count with the run's EMA weights (or "
         "read --samples), embed them with a feature extractor (digits: the shipped CNN, the "
-        "default for the built-in digits; inception: Inception-v3 through the optional "
-        "torch-fidelity extra) and compare them with the run's data. Results are merged into "
+        "default for the built-in digits; inception: the FID Inception-v3, weights read from "
+        "--feature-weights) and compare them with the run's data. Results are merged into "
         "RUN_DIR/eval.json; with several samplers or step counts a quality-vs-NFE table "
         "(eval.md) and plot (quality_vs_nfe.png, needs matplotlib) are written too.",
     )
     ev.add_argument("run_dir", metavar="RUN_DIR")
-    ev.add_argument("--n", type=int, default=10_000, help="samples per setting (default 10000)")
+    ev.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="samples per setting (default 10000; 50000 with --preset paper)",
+    )
+    ev.add_argument(
+        "--preset",
+        choices=["paper"],
+        help="paper: Inception features, 50000 samples, the full reference set; warns when "
+        "fewer samples or reference images are used",
+    )
     ev.add_argument(
         "--sampler",
         default="dpm++",
@@ -179,8 +194,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--feature-weights",
         metavar="PATH",
-        help="extractor weights file "
-        "(inception: the FID Inception .pth; default torch-fidelity's cache)",
+        help="extractor weights file (inception: pt_inception-2015-12-05-6726825d.pth; "
+        "default: pytorch-fid's or torch-fidelity's cache file)",
     )
     ev.add_argument(
         "--samples", metavar="NPZ", help="score these uint8 NHWC images (arr_0) instead of sampling"
@@ -294,6 +309,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_editing_parsers(sub)
     _add_interop_parsers(sub)
+    _add_fid_parser(sub)
     return parser
 
 
@@ -320,7 +336,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.out:
             run_dir = Path(args.out)
         else:
-            name = Path(config.data.source).stem or "run"
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(config.data.source).stem).strip("_")
+            name = stem or "run"
             run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     if trainer.is_main:
@@ -478,10 +495,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ddpmkit.fileio import atomic_write_text
     from ddpmkit.generate import load_run
     from ddpmkit.metrics.extractors import load_extractor
+    from ddpmkit.metrics.presets import PAPER_SAMPLES, paper_warning, preset_features
     from ddpmkit.rundir import EVAL_FILE
 
+    chosen = preset_features(args.preset, args.features)
+    n = args.n if args.n is not None else PAPER_SAMPLES if args.preset == "paper" else 10_000
     request = EvalRequest(
-        n=args.n,
+        n=n,
         samplers=[s.strip() for s in args.sampler.split(",") if s.strip()],
         steps=_int_list(args.steps, "--steps"),
         seed=args.seed,
@@ -494,13 +514,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     data = run.config.data
     if args.data is not None:
         data = dataclasses.replace(data, source=args.data, random_flip=False)
-    features = args.features or default_features(data)
+    features = chosen or default_features(data)
     check_features(features)
     extractor = load_extractor(features, weights=args.feature_weights, device=run.device)
     progress = not args.no_progress
     cache = Path(args.cache_dir) if args.cache_dir else None
     reference = reference_for(data, extractor, cache_dir=cache, progress=progress)
+    counts = [("the reference set", len(reference.features))]
+    if request.samples is None:
+        counts.append(("--n", request.n))
+    for what, count in counts if args.preset == "paper" else []:
+        if message := paper_warning(what, count):
+            print(f"ddpm eval: warning: {message}", file=sys.stderr)
     report = evaluate(run, request, extractor, reference, weights=args.weights, progress=progress)
+    if args.preset == "paper" and request.samples is not None:
+        if message := paper_warning(str(request.samples), report.results[0].n):
+            print(f"ddpm eval: warning: {message}", file=sys.stderr)
     path = Path(args.out) if args.out else Path(args.run_dir) / EVAL_FILE
     merged = write_eval_json(path, report)
     table = markdown_table(merged["results"])
@@ -676,8 +705,17 @@ def _cmd_edit_images(args: argparse.Namespace) -> int:
 
         def one_batch(batch, generator):
             return edit.inpaint(
-                run.model, run.diffusion, batch, mask.to(batch.device), args.method,
-                args.sampler, args.steps, args.jump, args.resample, clip, generator,
+                run.model,
+                run.diffusion,
+                batch,
+                mask.to(batch.device),
+                args.method,
+                args.sampler,
+                args.steps,
+                args.jump,
+                args.resample,
+                clip,
+                generator,
             )
 
         name = f"inpaint-{args.method}-{args.sampler}-seed{args.seed}"
@@ -686,8 +724,15 @@ def _cmd_edit_images(args: argparse.Namespace) -> int:
 
         def one_batch(batch, generator):
             return edit.sdedit(
-                run.model, run.diffusion, batch, args.strength, args.sampler, args.steps,
-                args.eta, clip, generator,
+                run.model,
+                run.diffusion,
+                batch,
+                args.strength,
+                args.sampler,
+                args.steps,
+                args.eta,
+                clip,
+                generator,
             )
 
         name = f"edit-s{args.strength:g}-{args.sampler}-seed{args.seed}"
@@ -781,6 +826,97 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fid_parser(sub: argparse._SubParsersAction) -> None:
+    """``ddpm fid A B``."""
+    fid = sub.add_parser(
+        "fid",
+        help="FID (and KID, precision, recall) between two image sets or statistics files",
+        description="Compare A (e.g. generated samples) with B (the reference). Each is an .npz "
+        "of uint8 NHWC images (arr_0), an image folder, any data source of --data (digits, "
+        "hf:NAME, a CIFAR folder), or a statistics .npz with mu and sigma (pytorch-fid's, the "
+        "OpenAI suite's reference batches). FID always; KID, precision and recall where both "
+        "sides hold images. B's features are cached like ddpm eval's reference.",
+    )
+    fid.add_argument("a", metavar="A", help="generated images or statistics")
+    fid.add_argument("b", metavar="B", help="reference images or statistics")
+    fid.add_argument(
+        "--features",
+        choices=["inception", "digits"],
+        help="feature extractor (default inception)",
+    )
+    fid.add_argument(
+        "--feature-weights",
+        metavar="PATH",
+        help="extractor weights (inception: pt_inception-2015-12-05-6726825d.pth; default: "
+        "pytorch-fid's or torch-fidelity's cache file)",
+    )
+    fid.add_argument(
+        "--preset", choices=["paper"], help="paper: Inception features; warns below 50000 images"
+    )
+    fid.add_argument(
+        "--size",
+        type=int,
+        help="image size both sides are loaded at (default: the native size of an images .npz, "
+        "else the extractor's input: 299 inception, 16 digits)",
+    )
+    fid.add_argument("--channels", type=int, choices=[1, 3], help="default 3 (digits: 1)")
+    fid.add_argument("--batch", type=int, default=500, help="images per batch (default 500)")
+    fid.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
+    fid.add_argument(
+        "--save-stats", metavar="OUT.npz", help="write A's mu and sigma (pytorch-fid's layout)"
+    )
+    fid.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="reference feature cache (default $DDPMKIT_CACHE or ~/.cache/ddpmkit)",
+    )
+    fid.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    fid.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _cmd_fid(args: argparse.Namespace) -> int:
+    import json
+
+    from ddpmkit.fid import FidRequest, compute_fid, save_statistics
+    from ddpmkit.fileio import atomic_write_text
+
+    request = FidRequest(
+        features=args.features,
+        feature_weights=args.feature_weights,
+        batch_size=args.batch,
+        image_size=args.size,
+        channels=args.channels,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        device=args.device,
+        preset=args.preset,
+    )
+    report = compute_fid(args.a, args.b, request, progress=not args.no_progress)
+    for message in report.warnings:
+        print(f"ddpm fid: warning: {message}", file=sys.stderr)
+    for name, side in (("A", report.a), ("B", report.b)):
+        held = f"{side.n_images} images" if side.n_images is not None else "no images used"
+        print(f"{name}: {side.source} ({side.kind}; {held}; {side.dims}-d features)")
+    if report.features is not None:
+        print(
+            f"features: {report.features} ({report.extractor_fingerprint}), images at "
+            f"{report.image_size}x{report.image_size}, {report.channels} channel(s)"
+        )
+    print(f"FID        {report.fid:.4f}")
+    if report.kid_mean is not None:
+        print(
+            f"KID        {report.kid_mean:.6f} ± {report.kid_std:.6f} "
+            f"({report.kid_subsets} subsets of {report.kid_subset_size})"
+        )
+    if report.precision is not None:
+        print(f"precision  {report.precision:.4f}\nrecall     {report.recall:.4f}")
+    if args.save_stats:
+        print(f"wrote {save_statistics(args.save_stats, report.stats[0])}")
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "sample": _cmd_sample,
@@ -793,6 +929,7 @@ COMMANDS = {
     "edit": _cmd_edit_images,
     "export": _cmd_export,
     "import": _cmd_import,
+    "fid": _cmd_fid,
 }
 
 

@@ -11,27 +11,23 @@ features ``(N, dims)`` on the CPU. Two are available (:data:`EXTRACTORS`):
     only with numbers computed with the same weights (see ``fingerprint``), not with published
     FIDs.
 ``inception``
-    The standard FID Inception-v3 (TensorFlow weights of 2015-12-05, 2048-d pool features)
-    through torch-fidelity (``pip install "ddpmkit[inception]"``, which needs torchvision).
-    Weights are never downloaded: they are read from ``weights=`` or from torch-fidelity's cache
-    file, and checked to hold nothing but tensors (``torch.load(weights_only=True)``) before
-    torch-fidelity loads them. torch-fidelity resizes every image to 299×299 (TensorFlow-1.x
-    compatible bilinear), so the numbers match the reference FID implementation.
+    The standard FID Inception-v3 (TensorFlow weights of 2015-12-05, 2048-d pool features),
+    built in plain PyTorch by :mod:`ddpmkit.metrics.inception` (no torchvision, no
+    torch-fidelity). Weights are never downloaded: they are read from ``weights=`` or from
+    pytorch-fid's / torch-fidelity's cache file, loaded with the tensors-only unpickler
+    (``torch.load(weights_only=True)``) and checked against the network's key map. Every image
+    is resized to 299×299 with TensorFlow 1.x's bilinear resize, as the reference FID code did.
 
 ``fingerprint`` (16 hex digits) hashes the weights together with a preprocessing version
-string: cached reference statistics are valid only for the same fingerprint. For ``digits`` the
-hash runs over the tensors (names, dtypes, shapes, bytes), not over the file, because safetensors
-writes the metadata in no fixed order; for ``inception`` over the file's bytes (one official file)
-and torch-fidelity's version.
+string: cached reference statistics are valid only for the same fingerprint. The hash runs over
+the tensors (names, dtypes, shapes, bytes), not over the file: safetensors writes the metadata in
+no fixed order, and the two published Inception files hold the same tensors.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import sys
-import warnings
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -47,13 +43,17 @@ from ddpmkit.metrics.digits_cnn import PREPROCESS_VERSION, DigitsCNN, preprocess
 __all__ = [
     "DIGITS_WEIGHTS_PATH",
     "EXTRACTORS",
+    "INCEPTION_WEIGHTS_FILE",
+    "INCEPTION_WEIGHTS_FILES",
     "INCEPTION_WEIGHTS_URL",
     "DigitsExtractor",
     "FeatureExtractor",
     "InceptionExtractor",
     "check_images",
     "default_inception_weights_path",
+    "default_inception_weights_paths",
     "extract_features",
+    "inception_from_state",
     "load_extractor",
 ]
 
@@ -63,13 +63,17 @@ _DIGITS_WEIGHTS = "weights/digits_cnn.safetensors"
 DIGITS_WEIGHTS_PATH = Path(__file__).parent / _DIGITS_WEIGHTS
 """Where the shipped digits weights live (the training script's default output)."""
 
-INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_FILES = (INCEPTION_WEIGHTS_FILE, "weights-inception-2015-12-05-6726825d.pth")
+"""pytorch-fid's and torch-fidelity's names for the same converted TensorFlow weights."""
 INCEPTION_WEIGHTS_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+    + INCEPTION_WEIGHTS_FILE
 )
-INCEPTION_PREPROCESS_VERSION = "inception-pre-v1: torch-fidelity inception-v3-compat, '2048'"
+INCEPTION_PREPROCESS_VERSION = (
+    "inception-pre-v2: ddpmkit FIDInceptionV3, TF1 bilinear to 299, (x-128)/128, pool 2048"
+)
 _INCEPTION_DIMS = 2048
-_INSTALL_HINT = 'pip install "ddpmkit[inception]"'
 
 
 @runtime_checkable
@@ -274,17 +278,26 @@ def _load_digits(weights: str | Path | None, device: torch.device) -> DigitsExtr
 # inception
 
 
+def default_inception_weights_paths() -> list[Path]:
+    """Where the weights are looked for when none are given, in order: pytorch-fid's and
+    torch-fidelity's cache files in ``<torch.hub.get_dir()>/checkpoints/``."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return [folder / name for name in INCEPTION_WEIGHTS_FILES]
+
+
 def default_inception_weights_path() -> Path:
-    """torch-fidelity's cache file: ``<torch.hub.get_dir()>/checkpoints/<file>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    """The first of :func:`default_inception_weights_paths` that exists, else the first."""
+    paths = default_inception_weights_paths()
+    return next((p for p in paths if p.is_file()), paths[0])
 
 
 class InceptionExtractor:
-    """The ``inception`` extractor: torch-fidelity's ``inception-v3-compat``, 2048-d features.
+    """The ``inception`` extractor: :class:`~ddpmkit.metrics.inception.FIDInceptionV3`,
+    2048-d pool features of images resized to 299×299 as TensorFlow 1.x did.
 
-    ``model`` is torch-fidelity's ``FeatureExtractorInceptionV3`` (uint8 3-channel input, any
-    size, returns a tuple whose first item is the ``(N, 2048)`` pool features); gray images are
-    replicated to 3 channels. ``weights_sha256`` is the full hash of the weights file.
+    Gray images are replicated to 3 channels. Batches are run ``chunk`` images at a time (the
+    activations of one 299×299 image take ~40 MB). ``weights_sha256`` is the full hash of the
+    weights file.
     """
 
     name = "inception"
@@ -295,31 +308,40 @@ class InceptionExtractor:
         model: torch.nn.Module,
         *,
         fingerprint: str,
-        weights_path: Path,
+        weights_path: Path | None,
         weights_sha256: str,
         device: torch.device,
+        chunk: int = 32,
     ) -> None:
         self.model = model.to(device).eval().requires_grad_(False)
         self.device = device
         self.fingerprint = fingerprint
         self.weights_path = weights_path
         self.weights_sha256 = weights_sha256
+        self.chunk = chunk
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Features ``(N, 2048)``, float32 on the CPU."""
         check_images(images)
         if images.shape[0] == 0:
             return torch.empty((0, self.dims), dtype=torch.float32)
-        x = images.to(self.device)
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
+        out = []
         with torch.no_grad():
-            out = self.model(x)
-        features = out[0] if isinstance(out, tuple | list) else out
-        return features.to(device="cpu", dtype=torch.float32)
+            for start in range(0, images.shape[0], self.chunk):
+                x = images[start : start + self.chunk].to(self.device)
+                if x.shape[1] == 1:
+                    x = x.expand(-1, 3, -1, -1)
+                out.append(self.model(x).to(device="cpu", dtype=torch.float32))
+        return torch.cat(out)
 
     def __repr__(self) -> str:
         return f"InceptionExtractor(weights='{self.weights_path}', fingerprint={self.fingerprint})"
+
+
+_FETCH_HINT = (
+    f"nothing is downloaded automatically: fetch {INCEPTION_WEIGHTS_URL} (pytorch-fid's file; "
+    f"torch-fidelity's {INCEPTION_WEIGHTS_FILES[1]} holds the same weights) by hand"
+)
 
 
 def _inception_weights(weights: str | Path | None) -> Path:
@@ -327,72 +349,50 @@ def _inception_weights(weights: str | Path | None) -> Path:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ConfigError(
-                f"inception weights file '{path}' not found: download {INCEPTION_WEIGHTS_URL} "
-                "and give its path"
+                f"inception weights file '{path}' not found: {_FETCH_HINT} and give its path"
             )
         return path
     path = default_inception_weights_path()
     if not path.is_file():
         raise ConfigError(
-            f"no Inception-v3 FID weights: none given (weights=PATH) and none in torch-fidelity's "
-            f"cache '{path}'; nothing is downloaded automatically: fetch {INCEPTION_WEIGHTS_URL} "
-            "by hand and put it there or pass its path"
+            f"no Inception-v3 FID weights: none given (--feature-weights PATH, weights=PATH) and "
+            f"none at '{path}'; {_FETCH_HINT} and put it there or pass its path"
         )
     return path
 
 
-def _check_tensor_file(path: Path, data: bytes) -> None:
-    """Refuse anything but a mapping of names to tensors, without unpickling other objects."""
-    try:
-        with warnings.catch_warnings():  # e.g. "unsupported pickle protocol": refused anyway
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors alike mean "refused"
-        raise ConfigError(
-            f"refusing inception weights '{path}': it is corrupt or holds objects other than "
-            f"tensors ({_reason(e)}); download {INCEPTION_WEIGHTS_URL} again"
-        ) from None
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise ConfigError(
-            f"inception weights '{path}' are not a state dict of named tensors "
-            f"(got {type(state).__name__}); download {INCEPTION_WEIGHTS_URL} again"
-        )
+def inception_from_state(
+    state: Mapping[str, torch.Tensor],
+    device: str | torch.device = "cpu",
+    *,
+    weights_path: Path | None = None,
+    weights_sha256: str = "",
+) -> InceptionExtractor:
+    """An ``inception`` extractor holding ``state`` (checked first), e.g. random weights from
+    :func:`~ddpmkit.metrics.inception.random_inception_state` for tests."""
+    from ddpmkit.metrics.inception import build_inception, check_inception_state
+
+    hint = f"give {INCEPTION_WEIGHTS_FILES[0]}"
+    check_inception_state(state, "the state dict", hint)
+    tensors = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    return InceptionExtractor(
+        build_inception(tensors),
+        fingerprint=_short_hash(_tensors_digest(tensors), INCEPTION_PREPROCESS_VERSION),
+        weights_path=weights_path,
+        weights_sha256=weights_sha256,
+        device=_device(device),
+    )
 
 
 def _load_inception(weights: str | Path | None, device: torch.device) -> InceptionExtractor:
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError as e:
-        raise ConfigError(
-            f"the inception extractor needs torch-fidelity (which needs torchvision): "
-            f"{_INSTALL_HINT} ({_reason(e)})"
-        ) from None
+    from ddpmkit.metrics.inception import load_inception_weights
 
     path = _inception_weights(weights)
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    _check_tensor_file(path, data)
+    state = load_inception_weights(path, data, f"download {INCEPTION_WEIGHTS_URL} again")
     del data
-    try:
-        # torch-fidelity reads the file again with weights_only=False; it was checked just above
-        model = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
-        )
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ConfigError(
-            f"inception weights '{path}' do not fit torch-fidelity's Inception-v3 "
-            f"({_reason(e)}); download {INCEPTION_WEIGHTS_URL} again"
-        ) from None
-    version = getattr(sys.modules.get("torch_fidelity"), "__version__", "unknown")
-    return InceptionExtractor(
-        model,
-        fingerprint=_short_hash(sha, INCEPTION_PREPROCESS_VERSION, f"torch-fidelity {version}"),
-        weights_path=path,
-        weights_sha256=sha,
-        device=device,
-    )
+    return inception_from_state(state, device, weights_path=path, weights_sha256=sha)
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,7 +405,8 @@ def load_extractor(
     """The extractor called ``name`` (one of :data:`EXTRACTORS`), on ``device``.
 
     ``weights`` replaces the default weights: a ``.safetensors`` file for ``digits``, the
-    torch-fidelity ``.pth`` file for ``inception``. User errors raise :class:`ConfigError`.
+    FID Inception ``.pth`` file (:data:`INCEPTION_WEIGHTS_FILE`) for ``inception``.
+    User errors raise :class:`ConfigError`.
     """
     if not isinstance(name, str) or name not in EXTRACTORS:
         raise ConfigError(
