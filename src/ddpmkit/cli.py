@@ -203,6 +203,19 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", metavar="digits|PATH", help="reference data (default: the run's)")
     ev.add_argument("--batch", type=int, default=500, help="images per batch (default 500)")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ev.add_argument(
+        "--guidance",
+        default="0",
+        metavar="W[,W...]",
+        help="class-conditional runs: guidance weights to evaluate (default 0), each with the "
+        "samples' class accuracy",
+    )
+    ev.add_argument(
+        "--classifier",
+        metavar="digits|FILE.pt2",
+        help="judge the class of conditional samples: digits (default for digits runs) or a "
+        "torch.export program mapping [-1, 1] images to logits",
+    )
     ev.add_argument("--out", metavar="FILE.json", help="JSON path (default RUN_DIR/eval.json)")
     ev.add_argument(
         "--cache-dir",
@@ -479,6 +492,16 @@ def _int_list(text: str | None, name: str) -> list[int | None]:
     return values
 
 
+def _float_list(text: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated numbers, got '{text}'") from None
+    if not values or any(not v >= 0 for v in values):
+        raise ConfigError(f"{name} must list weights >= 0, got '{text}'")
+    return values
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -507,8 +530,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch,
         samples=Path(args.samples) if args.samples else None,
+        guidance=_float_list(args.guidance, "--guidance"),
     )
     run = load_run(args.run_dir, weights=args.weights, device=args.device, step=args.step)
+    digits_run = run.config.data.source == "digits"
+    request.classifier = args.classifier or ("digits" if digits_run else None)
     if request.samples is None:
         plan(request, run.diffusion.num_steps)  # a bad sampler or step count fails before work
     data = run.config.data
@@ -541,15 +567,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     written = [path]
     atomic_write_text(path.with_suffix(".md"), table)
     written.append(path.with_suffix(".md"))
-    if len(merged["results"]) > 1:
-        try:
+    unguided = [r for r in merged["results"] if not r.get("guidance")]
+    weights = {r.get("guidance", 0.0) for r in merged["results"] if r.get("accuracy") is not None}
+    try:
+        if len(unguided) > 1:
             from ddpmkit.plots import plot_quality_vs_nfe
 
+            written.append(plot_quality_vs_nfe(unguided, path.parent / "quality_vs_nfe.png"))
+        if len(weights) > 1:
+            from ddpmkit.plots import plot_guidance_tradeoff
+
             written.append(
-                plot_quality_vs_nfe(merged["results"], path.parent / "quality_vs_nfe.png")
+                plot_guidance_tradeoff(merged["results"], path.parent / "guidance_tradeoff.png")
             )
-        except ConfigError as err:  # matplotlib is an optional extra
-            print(f"no plot: {err}", file=sys.stderr)
+    except ConfigError as err:  # matplotlib is an optional extra
+        print(f"no plot: {err}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

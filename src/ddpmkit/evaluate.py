@@ -46,6 +46,8 @@ class EvalRequest:
     kid_subset_size: int = 1000
     k: int = 3  # neighbours for precision/recall
     samples: Path | None = None
+    guidance: Sequence[float] = (0.0,)  # class-conditional runs: one row per weight
+    classifier: str | None = None  # digits or a TorchScript file: class accuracy of the samples
 
 
 @dataclass
@@ -61,6 +63,8 @@ class EvalRow:
     recall: float
     seconds: float  # sampling wall time (0 for an npz)
     feature_seconds: float
+    guidance: float = 0.0
+    accuracy: float | None = None  # class accuracy of the samples (conditional runs)
 
 
 @dataclass
@@ -177,23 +181,41 @@ def evaluate(
         return report
     data = run.config.data
     shape = (data.channels, data.image_size, data.image_size)
+    classes = run.config.model.num_classes
+    if classes == 0 and any(request.guidance):
+        raise ConfigError("--guidance needs a class-conditional run (train.conditional=true)")
+    classifier = None
+    if classes and request.classifier:
+        from ddpmkit.metrics.classifier import load_classifier
+
+        classifier = load_classifier(request.classifier, run.device)
+    labels = [k % classes for k in range(request.n)] if classes else None
     for sampler, steps in plan(request, run.diffusion.num_steps):
-        if progress:
-            tqdm.write(f"{sampler}, {steps} steps ({function_evaluations(sampler, steps)} NFE)")
-        sample_request = SampleRequest(
-            n=request.n,
-            sampler=sampler,
-            steps=steps,
-            seed=request.seed,
-            batch_size=request.batch_size,
-        )
-        started = time.perf_counter()
-        result = generate(run.model, run.diffusion, shape, sample_request, run.device, progress)
-        seconds = time.perf_counter() - started
-        images = to_uint8(result.images)
-        report.results.append(
-            _row(sampler, steps, images, seconds, extractor, reference, request, progress)
-        )
+        for weight in request.guidance:
+            if progress:
+                nfe = function_evaluations(sampler, steps)
+                tqdm.write(f"{sampler}, {steps} steps ({nfe} NFE), guidance {weight:g}")
+            sample_request = SampleRequest(
+                n=request.n,
+                sampler=sampler,
+                steps=steps,
+                seed=request.seed,
+                batch_size=request.batch_size,
+                labels=labels,
+                guidance=weight,
+                null_label=classes if classes else None,
+            )
+            started = time.perf_counter()
+            result = generate(run.model, run.diffusion, shape, sample_request, run.device, progress)
+            seconds = time.perf_counter() - started
+            images = to_uint8(result.images)
+            row = _row(sampler, steps, images, seconds, extractor, reference, request, progress)
+            row.guidance = weight
+            if classifier is not None:
+                from ddpmkit.metrics.classifier import class_accuracy
+
+                row.accuracy = class_accuracy(classifier, images, result.labels)
+            report.results.append(row)
     return report
 
 
@@ -247,13 +269,16 @@ def merge_into(path: Path, report: EvalReport) -> dict[str, Any]:
     )
     if not same or not isinstance(old.get("results"), list):
         return merged
-    new_keys = {(r["sampler"], r["steps"], r["n"]) for r in merged["results"]}
-    kept = [
-        r
-        for r in old["results"]
-        if isinstance(r, dict) and (r.get("sampler"), r.get("steps"), r.get("n")) not in new_keys
-    ]
-    merged["results"] = sorted(kept + merged["results"], key=lambda r: (r["sampler"], r["nfe"]))
+
+    def key(r: dict[str, Any]) -> tuple:
+        return r.get("sampler"), r.get("steps"), r.get("n"), r.get("guidance", 0.0)
+
+    new_keys = {key(r) for r in merged["results"]}
+    kept = [r for r in old["results"] if isinstance(r, dict) and key(r) not in new_keys]
+    merged["results"] = sorted(
+        kept + merged["results"],
+        key=lambda r: (r["sampler"], r["nfe"], r.get("guidance", 0.0)),
+    )
     return merged
 
 
@@ -264,14 +289,24 @@ def write_eval_json(path: Path, report: EvalReport) -> dict[str, Any]:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    """One line per (sampler, steps): NFE, FID, KID ×10³, precision, recall, seconds."""
+    """One line per (sampler, steps, guidance): NFE, FID, KID ×10³, precision, recall, class
+    accuracy (conditional runs), seconds."""
+    guided = any(r.get("guidance") or r.get("accuracy") is not None for r in results)
+    extra_head, extra_rule = (" guidance | accuracy |", " ---: | ---: |") if guided else ("", "")
     lines = [
-        "| sampler | steps | NFE | n | FID | KID ×10³ | precision | recall | sampling s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| sampler | steps | NFE | n |"
+        + extra_head
+        + " FID | KID ×10³ | precision | recall | sampling s |",
+        "| --- | ---: | ---: | ---: |" + extra_rule + " ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
+        extra = ""
+        if guided:
+            accuracy = r.get("accuracy")
+            shown = "–" if accuracy is None else f"{accuracy:.3f}"
+            extra = f" {r.get('guidance', 0.0):g} | {shown} |"
         lines.append(
-            f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['n']} | {r['fid']:.3f} | "
+            f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['n']} |{extra} {r['fid']:.3f} | "
             f"{1e3 * r['kid_mean']:.3f} ± {1e3 * r['kid_std']:.3f} | {r['precision']:.3f} | "
             f"{r['recall']:.3f} | {r['seconds']:.1f} |"
         )

@@ -342,3 +342,32 @@ def plot_quality_vs_nfe(
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="sampler")
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------------- guidance trade-off
+def plot_guidance_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """FID against class accuracy across guidance weights: one line per (sampler, steps), each
+    point labelled with its weight w (the guidance trade-off curve)."""
+    curves: dict[str, list[tuple[float, float, float]]] = {}
+    for row in rows:
+        accuracy, fid = _number(row.get("accuracy")), _number(row.get("fid"))
+        weight = _number(row.get("guidance")) or 0.0
+        if accuracy is None or fid is None:
+            continue
+        name = f"{row.get('sampler', '?')}, {row.get('steps', '?')} steps"
+        curves.setdefault(name, []).append((weight, accuracy, fid))
+    if not curves:
+        raise ConfigError("no evaluation result holds both 'accuracy' and 'fid'")
+    fig = _figure(6.5, 4.5)
+    ax = fig.subplots()
+    for name, points in sorted(curves.items()):
+        points.sort()
+        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=name)
+        for weight, accuracy, fid in points:
+            ax.annotate(f"w={weight:g}", (accuracy, fid), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("class accuracy of the samples")
+    ax.set_ylabel("FID")
+    ax.set_title("classifier-free guidance: fidelity against diversity")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

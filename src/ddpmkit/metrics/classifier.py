@@ -1,0 +1,59 @@
+"""Class accuracy of generated samples: the shipped digits CNN, or a user's exported model.
+
+``digits``: the classifier whose penultimate layer is the digits feature extractor (100% on a
+held-out fifth of the digits). A path: a program saved with ``torch.export.save`` (``.pt2``;
+or an older TorchScript file) that maps a float batch ``(N, C, H, W)`` in [−1, 1] at the run's
+image size to logits ``(N, K)`` over the run's K classes. Neither format runs Python code from
+the file on load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ddpmkit.data import from_uint8
+from ddpmkit.errors import ConfigError
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, C, H, W) -> logits (N, K)
+
+
+def load_classifier(spec: str, device: torch.device | str = "cpu") -> Classifier:
+    """``digits`` or the path of a TorchScript classifier (see the module docstring)."""
+    if spec == "digits":
+        from ddpmkit.metrics.extractors import load_extractor
+
+        return load_extractor("digits", device=device).logits
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"classifier '{spec}' not found: give digits or a .pt2 file")
+    try:
+        if path.suffix == ".pt2":
+            module = torch.export.load(str(path)).module()
+        else:
+            module = torch.jit.load(str(path), map_location=device).eval()
+    except Exception as err:  # noqa: BLE001 - both loaders raise many kinds for a bad file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"'{spec}' is not an exported classifier (.pt2): {first}") from None
+
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(from_uint8(images).to(device)).float().cpu()
+
+    return classify
+
+
+def class_accuracy(
+    classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
+) -> float:
+    """Share of ``images`` (uint8) that ``classifier`` assigns to their ``labels``."""
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        logits = classifier(images[start : start + batch_size])
+        if logits.ndim != 2 or len(logits) != len(images[start : start + batch_size]):
+            raise ConfigError(f"the classifier returned shape {tuple(logits.shape)}, not (N, K)")
+        predicted = logits.argmax(1)
+        correct += int((predicted == labels[start : start + batch_size]).sum())
+    return correct / len(images)
