@@ -126,3 +126,23 @@ def test_class_on_an_unconditional_run_is_one_clear_error(shapes_npz, tmp_path, 
     capsys.readouterr()
     assert main(["sample", str(run), "--class", "1", "--steps", "2"]) == 2
     assert "is not class-conditional" in capsys.readouterr().err
+
+
+def test_inpaint_and_edit_steer_towards_a_class(conditional_run, tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(image)
+    outputs = {}
+    for command, extra in (("inpaint", ["--steps", "4"]), ("edit", ["--strength", "0.5"])):
+        for classes in (["--class", "3", "--guidance", "2"], []):
+            npz = tmp_path / f"{command}{len(classes)}.npz"
+            argv = [command, str(conditional_run), "--image", str(image), *extra, *classes]
+            assert main([*argv, "--npz", str(npz), "--out", str(tmp_path / "g.png")]) == 0
+            with np.load(npz) as data:
+                outputs[command, len(classes)] = data["arr_0"]
+        assert not np.array_equal(outputs[command, 4], outputs[command, 0])
+    capsys.readouterr()
+    argv = ["edit", str(conditional_run), "--image", str(image), "--guidance", "1"]
+    assert main(argv) == 2
+    assert "--guidance needs --class" in capsys.readouterr().err

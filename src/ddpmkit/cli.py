@@ -716,11 +716,22 @@ def _add_editing_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="GRID.png", help="grid path (default RUN_DIR/samples/)")
     parser.add_argument("--npz", metavar="FILE.npz", help="npz path (default: the grid's, .npz)")
     parser.add_argument("--no-clip", action="store_true", help="do not clip predicted x0")
+    parser.add_argument(
+        "--class",
+        dest="classes",
+        metavar="K",
+        help="class-conditional runs: the class to steer towards (index or name)",
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=0.0, help="guidance weight w with --class (default 0)"
+    )
     _add_run_loading_options(parser)
 
 
 def _cmd_edit_images(args: argparse.Namespace) -> int:
     """``ddpm inpaint`` and ``ddpm edit``: read the inputs, edit them in batches, write."""
+    import torch
+
     from ddpmkit import edit
     from ddpmkit.generate import SampleResult, load_run, write_outputs
     from ddpmkit.samplers import check_sampler
@@ -731,13 +742,29 @@ def _cmd_edit_images(args: argparse.Namespace) -> int:
     data = run.config.data
     images = edit.read_images(args.image, data.image_size, data.channels)
     clip = not args.no_clip
+    classes = _classes(args.classes, args.run_dir, run.config.model.num_classes)
+    if classes is not None and len(classes) != 1:
+        raise DdpmkitError("--class takes one class for inpaint and edit")
+    if args.guidance and classes is None:
+        raise DdpmkitError("--guidance needs --class (and a class-conditional run)")
+
+    def network(batch):
+        """The run's network, or its guided class-conditional denoiser for this batch."""
+        if classes is None:
+            return run.model
+        from ddpmkit.denoiser import GuidedModelDenoiser
+
+        labels = torch.full((len(batch),), classes[0], dtype=torch.long)
+        null = run.config.model.num_classes
+        return GuidedModelDenoiser(run.model, run.diffusion, labels, null, args.guidance)
+
     if args.command == "inpaint":
         mask = edit.read_mask(args.mask, data.image_size)
         shown = mask * images + (1 - mask) * 0.0  # the region to fill shown in mid gray
 
         def one_batch(batch, generator):
             return edit.inpaint(
-                run.model,
+                network(batch),
                 run.diffusion,
                 batch,
                 mask.to(batch.device),
@@ -756,7 +783,7 @@ def _cmd_edit_images(args: argparse.Namespace) -> int:
 
         def one_batch(batch, generator):
             return edit.sdedit(
-                run.model,
+                network(batch),
                 run.diffusion,
                 batch,
                 args.strength,
