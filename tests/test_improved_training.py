@@ -93,7 +93,9 @@ def test_ddp_training_on_cpu_with_two_processes(shapes_npz, tmp_path):
         "--out",
         str(run),
         "--no-progress",
-        *tiny_overrides(shapes_npz, "train.steps=6", "train.checkpoint_every=3"),
+        *tiny_overrides(
+            shapes_npz, "train.steps=6", "train.checkpoint_every=3", "train.grad_accum=2"
+        ),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -10,6 +10,7 @@ batch_size/N images and only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -103,7 +104,8 @@ def bf16_autocast_supported(device: torch.device) -> bool:
     """Whether bfloat16 autocast pays off: CUDA GPUs with bf16, CPUs whose oneDNN has bf16
     kernels (AVX-512 BF16 or AMX); elsewhere it would emulate bf16 slowly."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # not emulated bf16 (V100, T4 report it as supported by default, and run it slowly)
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -331,7 +333,7 @@ class Trainer:
         micro = tc.batch_size // self.world // tc.grad_accum
         state.optimizer.zero_grad(set_to_none=True)
         loss, ts, losses = 0.0, [], []
-        for _ in range(tc.grad_accum):
+        for index in range(tc.grad_accum):
             x0, labels = self._next_batch(micro)
             model = self.train_model
             if labels is not None:
@@ -342,11 +344,18 @@ class Trainer:
             t, weights = None, None
             if state.timestep_sampler is not None:
                 t, weights = state.timestep_sampler.sample(micro, self.device, state.noise_gen)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = self.diffusion.training_loss(
-                    model, x0, t=t, generator=state.noise_gen, weights=weights
-                )
-            (out.loss / tc.grad_accum).backward()
+            last = index == tc.grad_accum - 1
+            # under DDP, gradients are all-reduced once per step, on the last micro-batch only
+            # (DDP decides in the forward pass, so no_sync covers forward and backward)
+            sync = (
+                contextlib.nullcontext() if last or self.world == 1 else self.train_model.no_sync()
+            )
+            with sync:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    out = self.diffusion.training_loss(
+                        model, x0, t=t, generator=state.noise_gen, weights=weights
+                    )
+                (out.loss / tc.grad_accum).backward()
             loss += out.loss.item() / tc.grad_accum
             ts.append(out.t.detach())
             losses.append(out.per_example.detach().float())
