@@ -146,3 +146,17 @@ def test_inpaint_and_edit_steer_towards_a_class(conditional_run, tmp_path, capsy
     argv = ["edit", str(conditional_run), "--image", str(image), "--guidance", "1"]
     assert main(argv) == 2
     assert "--guidance needs --class" in capsys.readouterr().err
+
+
+def test_conditional_training_is_deterministic_and_resumes_exactly(tmp_path):
+    overrides = [*DIGITS, "train.conditional=true", "train.steps=6", "train.label_dropout=0.5"]
+    config = resolve_config(overrides=overrides)
+    Trainer(config, tmp_path / "a", progress=False).train()
+    Trainer(resolve_config(overrides=overrides), tmp_path / "b", progress=False).train()
+    half = resolve_config(overrides=[*overrides[:-2], "train.steps=3", "train.label_dropout=0.5"])
+    Trainer(half, tmp_path / "c", progress=False).train()
+    Trainer(
+        resolve_config(overrides=overrides), tmp_path / "c", resume=True, progress=False
+    ).train()
+    losses = [[r["loss"] for r in read_metrics(tmp_path / name)] for name in "abc"]
+    assert losses[0] == losses[1] == losses[2]
