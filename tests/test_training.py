@@ -535,3 +535,15 @@ def test_overrides_reach_the_trainer(shapes_npz, tmp_path):
     assert group["betas"] == (0.8, 0.95) and group["lr"] == 1e-3
     assert len(trainer.images) == 256 and trainer.images.dtype == torch.uint8
     assert trainer.start_step == 0
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_image_once_per_epoch_split_between_processes(world):
+    from ddpmkit.training import epoch_share
+
+    for epoch in range(3):
+        shares = [epoch_share(7, epoch, 50, rank, world) for rank in range(world)]
+        assert sorted(torch.cat(shares).tolist()) == list(range(50))  # disjoint, complete
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert not torch.equal(epoch_share(7, 0, 50, 0, 1), epoch_share(7, 1, 50, 0, 1))
+    assert not torch.equal(epoch_share(7, 0, 50, 0, 1), epoch_share(8, 0, 50, 0, 1))

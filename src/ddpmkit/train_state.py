@@ -112,6 +112,7 @@ class TrainState:
     elapsed_s: float = 0.0
     order: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     cursor: int = 0
+    epoch: int = 0  # epochs of this process's share of the data begun so far
     bad_steps: int = 0  # non-finite steps in a row
     skipped_steps: int = 0  # non-finite steps in total
 
@@ -132,6 +133,7 @@ class TrainState:
             tensors["rng.torch_cpu"] = torch.get_rng_state()
         meta = {
             "cursor": self.cursor,
+            "epoch": self.epoch,
             "device": self.device.type,
             "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": np_state[4]},
             "python": {"version": py_version, "gauss_next": py_gauss},
@@ -161,6 +163,7 @@ class TrainState:
             random.setstate((p["version"], internal, p["gauss_next"]))
         self.order = tensors.get("data.order", torch.empty(0, dtype=torch.long)).to(torch.long)
         self.cursor = int(meta.get("cursor", 0))
+        self.epoch = int(meta.get("epoch", 0))
 
     # ------------------------------------------------------------------ the whole run
     def state_dict(
@@ -236,6 +239,10 @@ class TrainState:
                 self.load_rank_state(mine, ranks[rank])
                 return
         self.reseed(rank)
+        # another world size: every process starts the epoch after the latest one begun
+        self.epoch = 1 + max(
+            (int(r.get("epoch", 0)) for r in ranks if isinstance(r, dict)), default=0
+        )
 
     def reseed(self, rank: int) -> None:
         """Fresh, distinct streams for a process whose saved state does not exist (another

@@ -34,6 +34,7 @@ from ddpmkit.generate import SampleRequest, generate, resolve_device
 from ddpmkit.interrupts import EXIT_CODES, StopRequests, signal_name
 from ddpmkit.nn import UNet
 from ddpmkit.rundir import CLASSES_FILE, RunDir
+from ddpmkit.seeding import sample_seed
 from ddpmkit.timesteps import make_timestep_sampler
 from ddpmkit.trackers import check_installed, make_tracker
 from ddpmkit.train_state import TrainState
@@ -98,6 +99,14 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+def epoch_share(seed: int, epoch: int, count: int, rank: int, world: int) -> torch.Tensor:
+    """This process's share of epoch ``epoch``: one permutation of the ``count`` images, drawn
+    from (seed, epoch) alone so every process draws the same one, split between the ``world``
+    processes by position (rank, rank + world, ...): each image once per epoch, on one process."""
+    generator = torch.Generator().manual_seed(sample_seed(seed, epoch))
+    return torch.randperm(count, generator=generator)[rank::world]
 
 
 def bf16_autocast_supported(device: torch.device) -> bool:
@@ -309,7 +318,10 @@ class Trainer:
         state, parts, needed = self.state, [], size
         while needed > 0:
             if state.cursor >= len(state.order):
-                state.order = torch.randperm(len(self.images), generator=state.data_gen)
+                state.order = epoch_share(
+                    self.config.train.seed, state.epoch, len(self.images), self.rank, self.world
+                )
+                state.epoch += 1
                 state.cursor = 0
             take = state.order[state.cursor : state.cursor + needed]
             state.cursor += len(take)
