@@ -166,9 +166,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument(
         "--n",
+        "--num-samples",
         type=int,
         default=None,
-        help="samples per setting (default 10000; 50000 with --preset paper)",
+        help="samples per setting (default 10000; 50000 with --preset paper); under torchrun "
+        "write --num-samples, as torchrun reads --n as one of its own options",
     )
     ev.add_argument(
         "--preset",
@@ -492,6 +494,25 @@ def _int_list(text: str | None, name: str) -> list[int | None]:
     return values
 
 
+def _eval_processes(device: str) -> tuple[bool, int, str]:
+    """(distributed, rank, device) of ``ddpm eval``: under ``torchrun`` the processes split the
+    samples between them (one GPU each), process 0 scores and writes."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return False, 0, device
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(torch.device(device))
+    return True, dist.get_rank(), device
+
+
 def _float_list(text: str, name: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -532,7 +553,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         samples=Path(args.samples) if args.samples else None,
         guidance=_float_list(args.guidance, "--guidance"),
     )
-    run = load_run(args.run_dir, weights=args.weights, device=args.device, step=args.step)
+    distributed, rank, device = _eval_processes(args.device)
+    run = load_run(args.run_dir, weights=args.weights, device=device, step=args.step)
     digits_run = run.config.data.source == "digits"
     request.classifier = args.classifier or ("digits" if digits_run else None)
     if request.samples is None:
@@ -543,7 +565,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     features = chosen or default_features(data)
     check_features(features)
     extractor = load_extractor(features, weights=args.feature_weights, device=run.device)
-    progress = not args.no_progress
+    progress = not args.no_progress and rank == 0
+    if rank != 0:  # under torchrun: draw this process's share of the samples, process 0 scores
+        evaluate(run, request, extractor, None, args.weights, False, distributed)
+        return 0
     cache = Path(args.cache_dir) if args.cache_dir else None
     reference = reference_for(data, extractor, cache_dir=cache, progress=progress)
     counts = [("the reference set", len(reference.features))]
@@ -552,7 +577,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for what, count in counts if args.preset == "paper" else []:
         if message := paper_warning(what, count):
             print(f"ddpm eval: warning: {message}", file=sys.stderr)
-    report = evaluate(run, request, extractor, reference, weights=args.weights, progress=progress)
+    report = evaluate(run, request, extractor, reference, args.weights, progress, distributed)
     if args.preset == "paper" and request.samples is not None:
         if message := paper_warning(str(request.samples), report.results[0].n):
             print(f"ddpm eval: warning: {message}", file=sys.stderr)

@@ -163,8 +163,15 @@ def evaluate(
     reference: Reference,
     weights: str = "ema",
     progress: bool = True,
+    distributed: bool = False,
 ) -> EvalReport:
-    """Score each (sampler, steps) of ``request`` (or the npz of ``request.samples``)."""
+    """Score each (sampler, steps) of ``request`` (or the npz of ``request.samples``).
+    ``distributed``: every process of the process group calls this with the same request; the
+    samples are split between them (:func:`generate`) and process 0 scores them (the others
+    return a report without rows and may pass ``reference=None``)."""
+    if distributed and torch.distributed.get_rank() != 0:
+        _sample_only(run, request, progress)
+        return EvalReport(extractor.name, extractor.fingerprint, {}, run.step, weights, 0.0)
     report = EvalReport(
         features=extractor.name,
         extractor_fingerprint=extractor.fingerprint,
@@ -189,13 +196,36 @@ def evaluate(
         from ddpmkit.metrics.classifier import load_classifier
 
         classifier = load_classifier(request.classifier, run.device)
+    for sampler, steps, weight, sample_request in _sample_requests(run, request):
+        if progress:
+            nfe = function_evaluations(sampler, steps)
+            tqdm.write(f"{sampler}, {steps} steps ({nfe} NFE), guidance {weight:g}")
+        started = time.perf_counter()
+        result = generate(
+            run.model, run.diffusion, shape, sample_request, run.device, progress, distributed
+        )
+        seconds = time.perf_counter() - started
+        images = to_uint8(result.images)
+        row = _row(sampler, steps, images, seconds, extractor, reference, request, progress)
+        row.guidance = weight
+        if classifier is not None:
+            from ddpmkit.metrics.classifier import class_accuracy
+
+            row.accuracy = class_accuracy(classifier, images, result.labels)
+        report.results.append(row)
+    return report
+
+
+def _sample_requests(run: LoadedRun, request: EvalRequest) -> list[tuple]:
+    """(sampler, steps, guidance, SampleRequest) of every row, in order."""
+    classes = run.config.model.num_classes
     labels = [k % classes for k in range(request.n)] if classes else None
-    for sampler, steps in plan(request, run.diffusion.num_steps):
-        for weight in request.guidance:
-            if progress:
-                nfe = function_evaluations(sampler, steps)
-                tqdm.write(f"{sampler}, {steps} steps ({nfe} NFE), guidance {weight:g}")
-            sample_request = SampleRequest(
+    return [
+        (
+            sampler,
+            steps,
+            weight,
+            SampleRequest(
                 n=request.n,
                 sampler=sampler,
                 steps=steps,
@@ -204,19 +234,19 @@ def evaluate(
                 labels=labels,
                 guidance=weight,
                 null_label=classes if classes else None,
-            )
-            started = time.perf_counter()
-            result = generate(run.model, run.diffusion, shape, sample_request, run.device, progress)
-            seconds = time.perf_counter() - started
-            images = to_uint8(result.images)
-            row = _row(sampler, steps, images, seconds, extractor, reference, request, progress)
-            row.guidance = weight
-            if classifier is not None:
-                from ddpmkit.metrics.classifier import class_accuracy
+            ),
+        )
+        for sampler, steps in plan(request, run.diffusion.num_steps)
+        for weight in request.guidance
+    ]
 
-                row.accuracy = class_accuracy(classifier, images, result.labels)
-            report.results.append(row)
-    return report
+
+def _sample_only(run: LoadedRun, request: EvalRequest, progress: bool) -> None:
+    """A non-zero process's part of a distributed evaluation: its block of every row's samples."""
+    data = run.config.data
+    shape = (data.channels, data.image_size, data.image_size)
+    for _, _, _, sample_request in _sample_requests(run, request):
+        generate(run.model, run.diffusion, shape, sample_request, run.device, False, True)
 
 
 def _row(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ddpmkit.config import RunConfig
@@ -100,12 +101,17 @@ def generate(
     request: SampleRequest,
     device: torch.device,
     progress: bool = True,
+    distributed: bool = False,
 ) -> SampleResult:
     """Draw ``request.n`` images in batches of ``request.batch_size``. Image i draws all its noise
     from its own generator, seeded from (``request.seed``, i) by
     :func:`~ddpmkit.seeding.sample_seed`, so image i is the same whatever the batch size and the
     number of images asked for (on the same device and torch version), and two seeds draw
-    unrelated noise (eval replicates are independent). The GIF frames follow the first batch."""
+    unrelated noise (eval replicates are independent). The GIF frames follow the first batch.
+
+    ``distributed``: every process of the initialised process group calls this; process r draws
+    the r-th contiguous block of the images and all of them receive all images in order — the
+    same images as one process draws (on the same device kind)."""
     if request.n < 1 or request.batch_size < 1:
         raise ConfigError("the number of samples and the batch size must be >= 1")
     if request.seed < 0:
@@ -122,10 +128,14 @@ def generate(
     elif request.guidance:
         raise ConfigError("guidance needs class labels (a class-conditional run and --class)")
     images, frames = [], []
-    batches = range(0, request.n, request.batch_size)
-    bar = tqdm(total=request.n, desc="sampling", unit="img", disable=not progress)
+    first, last = 0, request.n
+    if distributed:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        first, last = request.n * rank // world, request.n * (rank + 1) // world
+    batches = range(first, last, request.batch_size)
+    bar = tqdm(total=last - first, desc="sampling", unit="img", disable=not progress)
     for k, start in enumerate(batches):
-        count = min(request.batch_size, request.n - start)
+        count = min(request.batch_size, last - start)
         indices = range(start, start + count)
         generator = PerSampleGenerator.for_samples(request.seed, indices, device)
         callback = None
@@ -162,7 +172,11 @@ def generate(
         images.append(batch.cpu())
         bar.update(count)
     bar.close()
-    result = torch.cat(images)
+    result = torch.cat(images) if images else torch.empty(0, *image_shape)
+    if distributed:
+        blocks: list[torch.Tensor | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(blocks, result)
+        result = torch.cat(blocks)
     if request.gif_frames > 0:
         frames.append(result[: request.batch_size])
     return SampleResult(result, frames, labels)
