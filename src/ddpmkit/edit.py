@@ -22,10 +22,10 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ddpmkit.denoiser import Denoiser, Prediction, as_denoiser, clip_prediction, timesteps_like
-from ddpmkit.diffusion import GaussianDiffusion, Model, normal_like, spaced_timesteps
+from ddpmkit.denoiser import Denoiser, Prediction, as_denoiser, timesteps_like
+from ddpmkit.diffusion import GaussianDiffusion, Model, normal_like
 from ddpmkit.errors import ConfigError
-from ddpmkit.samplers import sample
+from ddpmkit.samplers import ancestral_step, predict, sample, spaced_process
 from ddpmkit.seeding import NoiseGenerator
 
 INPAINT_METHODS = ("repaint", "replace")
@@ -131,10 +131,7 @@ def _repaint(
     generator: NoiseGenerator | None,
     progress: bool,
 ) -> torch.Tensor:
-    timesteps = spaced_timesteps(diffusion.num_steps, steps or diffusion.num_steps)
-    spaced = (
-        diffusion if len(timesteps) == diffusion.num_steps else diffusion.respaced(timesteps)[0]
-    )
+    timesteps, spaced = spaced_process(diffusion, steps or diffusion.num_steps)
     alpha_bar = spaced.schedule.alphas_cumprod
     levels = repaint_levels(len(timesteps), jump, resample)
     x = normal_like(images.shape, generator, images)
@@ -147,19 +144,12 @@ def _repaint(
                 noise = normal_like(images.shape, generator, images)
                 x = ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
                 continue
-            t = timesteps_like(timesteps[here], x)
-            pred = denoiser(x, t)
-            if clip_x0:
-                pred = clip_prediction(diffusion, pred, x, t)
-            index = timesteps_like(here, x)
-            mean, _, _ = spaced.q_posterior(pred.x0, x, index)
-            if there >= 0:
-                log_variance = spaced.log_variance(index, x, pred.variance)
-                unknown = mean + torch.exp(0.5 * log_variance) * normal_like(x.shape, generator, x)
+            pred = predict(denoiser, diffusion, x, timesteps[here], clip_x0)
+            unknown = ancestral_step(spaced, pred, x, here, generator)  # no noise at level 0
+            known = images
+            if there >= 0:  # a fresh draw of q(x_there | x_0)
                 a = float(alpha_bar[there])
                 known = a**0.5 * images + (1 - a) ** 0.5 * normal_like(x.shape, generator, x)
-            else:
-                unknown, known = mean, images
             x = mask * known + (1 - mask) * unknown
     return x
 

@@ -72,7 +72,16 @@ class SamplerStep:
 Callback = Callable[[SamplerStep], None]
 
 
-def _predict(
+def spaced_process(diffusion: GaussianDiffusion, steps: int) -> tuple[list[int], GaussianDiffusion]:
+    """The ``steps`` original timesteps a sampler visits (evenly spread over [0, T−1]) and the
+    process over them: ``diffusion`` itself for all T steps, else its respaced version."""
+    timesteps = spaced_timesteps(diffusion.num_steps, steps)
+    if len(timesteps) == diffusion.num_steps:
+        return timesteps, diffusion
+    return timesteps, diffusion.respaced(timesteps)[0]
+
+
+def predict(
     denoiser: Denoiser, diffusion: GaussianDiffusion, x: torch.Tensor, t: int, clip_x0: bool
 ) -> Prediction:
     """The denoiser at the original timestep ``t``, x̂_0 clipped if asked."""
@@ -81,7 +90,7 @@ def _predict(
     return clip_prediction(diffusion, pred, x, timesteps) if clip_x0 else pred
 
 
-def _ddpm_step(
+def ancestral_step(
     spaced: GaussianDiffusion,
     pred: Prediction,
     x: torch.Tensor,
@@ -179,13 +188,9 @@ def sample(
             x_T,
             progress,
         )
-    timesteps = spaced_timesteps(diffusion.num_steps, steps)
+    timesteps, spaced = spaced_process(diffusion, steps)
     if sampler == "ddpm":  # fail before any network call
         check_learned_variance_respacing(diffusion.variance, len(timesteps), diffusion.num_steps)
-    if len(timesteps) == diffusion.num_steps:
-        spaced = diffusion
-    else:
-        spaced, _ = diffusion.respaced(timesteps)
 
     x = _initial_noise(shape, generator, device, dtype, x_T)
     total = spaced.num_steps
@@ -194,9 +199,9 @@ def sample(
         for counter, i in enumerate(
             tqdm(order, total=total, desc=f"{sampler} sampling", disable=not progress, leave=False)
         ):
-            pred = _predict(denoiser, diffusion, x, timesteps[i], clip_x0)
+            pred = predict(denoiser, diffusion, x, timesteps[i], clip_x0)
             if sampler == "ddpm":
-                x = _ddpm_step(spaced, pred, x, i, generator)
+                x = ancestral_step(spaced, pred, x, i, generator)
             else:
                 x = _ddim_step(spaced, pred, x, i, eta, generator)
             if callback is not None:
@@ -223,7 +228,7 @@ def _solve_ode(
     solver = dpm_solver_pp_2m if sampler == "dpm++" else heun
 
     def x0_at(x_t: torch.Tensor, t: int) -> torch.Tensor:
-        return _predict(denoiser, diffusion, x_t, t, clip_x0).x0
+        return predict(denoiser, diffusion, x_t, t, clip_x0).x0
 
     def report(index: int, t: int, x_now: torch.Tensor, pred_x0: torch.Tensor) -> None:
         if callback is not None:
