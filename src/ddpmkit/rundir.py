@@ -410,7 +410,10 @@ class RunDir:
                 raise ValueError("it does not describe this checkpoint")
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CorruptFileError(f"{manifest_path} is unreadable: {err}") from None
-        state = json.loads(self._verified(folder, STATE_FILE, entries).decode("utf-8"))
+        try:
+            state = json.loads(self._verified(folder, STATE_FILE, entries).read_text("utf-8"))
+        except (OSError, ValueError) as err:  # hashes match a tampered manifest: still one line
+            raise CorruptFileError(f"{folder / STATE_FILE} is unreadable: {err}") from None
         if not isinstance(state, dict) or state.get("step") != step:
             raise CorruptFileError(f"{folder / STATE_FILE} does not belong to step {step}")
         checkpoint = Checkpoint(step=step, path=folder, state=state)
@@ -418,9 +421,7 @@ class RunDir:
         for stem in stems:
             if files is not None and stem not in files:
                 continue
-            name = f"{stem}.safetensors"
-            self._verified(folder, name, entries)
-            tensors, meta = load_tensors(folder / name)
+            tensors, meta = load_tensors(self._verified(folder, f"{stem}.safetensors", entries))
             checkpoint.tensors[stem] = tensors
             checkpoint.metadata[stem] = meta
         missing = [f for f in files or () if f not in checkpoint.tensors]
@@ -429,20 +430,22 @@ class RunDir:
         return checkpoint
 
     @staticmethod
-    def _verified(folder: Path, name: str, entries: dict[str, Any]) -> bytes:
+    def _verified(folder: Path, name: str, entries: dict[str, Any]) -> Path:
+        """``folder/name`` once its size and SHA-256 match the manifest (hashed in chunks, so a
+        large checkpoint is not held in memory twice: it is read for hashing, then loaded)."""
         path = folder / name
         entry = entries.get(name)
         if not isinstance(entry, dict):
             raise CorruptFileError(f"{folder / MANIFEST_FILE} does not list {name}")
         try:
-            data = path.read_bytes()
+            size = path.stat().st_size
+            with open(path, "rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
         except OSError as err:
             raise CorruptFileError(f"{path} is unreadable: {err.strerror or err}") from None
-        if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get(
-            "sha256"
-        ):
+        if size != entry.get("bytes") or digest != entry.get("sha256"):
             raise CorruptFileError(f"{path} does not match its SHA-256 in the manifest")
-        return data
+        return path
 
 
 def _int_or(value: Any, default: int) -> int:
