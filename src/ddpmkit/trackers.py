@@ -44,13 +44,17 @@ def numbers(values: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def _import(module: str, extra: str, tracker: str) -> Any:
+_MODULES = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+"""The module each tracker imports; its package comes with the extra of the tracker's name."""
+
+
+def _import(tracker: str) -> Any:
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(_MODULES[tracker])
     except ImportError:
         raise ConfigError(
-            f"train.tracker={tracker} needs {extra}, which is not installed: "
-            f"pip install 'ddpmkit[{extra}]' (or set train.tracker=none)"
+            f"train.tracker={tracker} needs {tracker}, which is not installed: "
+            f"pip install 'ddpmkit[{tracker}]' (or set train.tracker=none)"
         ) from None
 
 
@@ -68,7 +72,7 @@ class TensorBoardTracker:
     (as metrics.jsonl drops them)."""
 
     def __init__(self, run: RunDir, purge_step: int | None = None) -> None:
-        module = _import("torch.utils.tensorboard", "tensorboard", "tensorboard")
+        module = _import("tensorboard")
         self._writer_class = module.SummaryWriter
         self.log_dir = run.tensorboard_dir
         self.purge_step = purge_step
@@ -103,7 +107,7 @@ class WandbTracker:
     to metrics.jsonl again but wandb keeps the first values. Offline use: WANDB_MODE=offline."""
 
     def __init__(self, run: RunDir, config: Any) -> None:
-        self._wandb = _import("wandb", "wandb", "wandb")
+        self._wandb = _import("wandb")
         ids = run.read_json(TRACKERS_FILE) or {}
         run_id = ids.get("wandb") or uuid.uuid4().hex[:12]
         run.write_json(TRACKERS_FILE, {**ids, "wandb": run_id})
@@ -134,7 +138,7 @@ class MlflowTracker:
     reopened on resume. The config is logged as parameters, grids as artifacts."""
 
     def __init__(self, run: RunDir, config: Any) -> None:
-        mlflow = _import("mlflow", "mlflow", "mlflow")
+        mlflow = _import("mlflow")
         uri = config.train.tracker_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
             uri = (run.path / "mlruns").resolve().as_uri()
@@ -195,6 +199,5 @@ def make_tracker(name: str, run: RunDir, config: Any, start_step: int) -> Tracke
 def check_installed(name: str) -> None:
     """Raise the install hint now if the tracker's package is missing (every DDP rank calls
     this; only rank 0 makes the tracker)."""
-    modules = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-    if name in modules:
-        _import(modules[name], "tensorboard" if name == "tensorboard" else name, name)
+    if name in _MODULES:
+        _import(name)
