@@ -27,7 +27,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ddpmkit.config import RunConfig
-from ddpmkit.data import from_uint8, load_dataset, random_hflip
+from ddpmkit.data import ImageDataset, from_uint8, load_dataset, random_hflip
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError, DataError, DdpmkitError, RunDirError
 from ddpmkit.generate import SampleRequest, generate, resolve_device
@@ -272,7 +272,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
 
-    def _class_labels(self, dataset) -> tuple[torch.Tensor | None, list[str] | None]:
+    def _class_labels(self, dataset: ImageDataset) -> tuple[torch.Tensor | None, list[str] | None]:
         """The labels a class-conditional run trains on, and ``model.num_classes`` derived from
         them (the U-Net adds one "null" class for label dropout)."""
         tc, model = self.config.train, self.config.model
@@ -280,15 +280,14 @@ class Trainer:
             if model.num_classes:
                 raise ConfigError("model.num_classes is set: train it with train.conditional=true")
             return None, None
-        labels = getattr(dataset, "labels", None)
+        labels = dataset.labels
         if labels is None:
             raise DataError(
                 f"train.conditional=true needs class labels, and '{self.config.data.source}' "
                 "has none (labelled sources: digits, class subfolders, hf: ClassLabel, npz "
                 "labels, CIFAR)"
             )
-        names = getattr(dataset, "class_names", None)
-        count = len(names) if names else int(labels.max()) + 1
+        names, count = dataset.class_names, dataset.num_classes
         if model.num_classes and model.num_classes != count:
             raise ConfigError(
                 f"model.num_classes={model.num_classes} but the data has {count} classes"
