@@ -112,31 +112,11 @@ def test_ddp_training_on_cpu_with_two_processes(shapes_npz, tmp_path):
 def test_ddp_skips_a_step_that_is_non_finite_on_one_rank_only(shapes_npz, tmp_path):
     """Rank 1's loss is NaN in step 3, rank 0's is finite: both skip the update (one all-reduced
     flag) and neither hangs waiting for the other."""
-    import socket
-    import time
-
-    import torch.multiprocessing as mp
-
     from ddp_worker import train_rank
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     run = tmp_path / "ddp"
     overrides = tiny_overrides(shapes_npz, "train.steps=5")
-    context = mp.start_processes(
-        train_rank,
-        args=(2, str(run), overrides, port, 3),
-        nprocs=2,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 180
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("a DDP process hung")
+    run_two_processes(train_rank, lambda port: (2, str(run), overrides, port, 3), 180)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     assert sum(r.get("skipped_steps", 0) for r in records) == 1  # rank 0 skipped it as well
@@ -147,31 +127,17 @@ def test_ddp_skips_a_step_that_is_non_finite_on_one_rank_only(shapes_npz, tmp_pa
 def test_sampling_split_between_processes_gives_the_images_of_one(tmp_path):
     """Per-sample seeds make image i independent of who draws it: 2 processes × their blocks
     of 7 images equal one process drawing all 7."""
-    import socket
-    import time
 
     import numpy as np
     import torch
-    import torch.multiprocessing as mp
 
     from ddp_worker import generate_rank, stand_in_model
     from ddpmkit.diffusion import GaussianDiffusion
     from ddpmkit.generate import SampleRequest, generate
     from ddpmkit.schedules import make_schedule
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     out = tmp_path / "images.npy"
-    context = mp.start_processes(
-        generate_rank, args=(2, port, str(out)), nprocs=2, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("a sampling process hung")
+    run_two_processes(generate_rank, lambda port: (2, port, str(out)), 120)
     diffusion = GaussianDiffusion(make_schedule("cosine", 30), "eps", "fixed_small")
     request = SampleRequest(n=7, sampler="ddpm", steps=6, seed=3, batch_size=2)
     alone = generate(stand_in_model, diffusion, (1, 4, 4), request, torch.device("cpu"), False)
@@ -198,3 +164,25 @@ def test_eval_under_torchrun_splits_the_samples_and_scores_them_once(shapes_npz,
     two = json.loads((tmp_path / "two.json").read_text())["results"]
     for key in ("fid", "kid_mean", "precision", "recall", "n"):
         assert two[0][key] == one[0][key], key
+
+
+def run_two_processes(target, args_for_port, timeout_s: float) -> None:
+    """Run ``target(rank, *args_for_port(port))`` in 2 spawned processes with a free local port;
+    fail (killing them) if they do not finish within ``timeout_s``."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = mp.start_processes(
+        target, args=args_for_port(port), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"a process of {target.__name__} hung")
