@@ -49,6 +49,15 @@ def shapes_array(n: int = 256, size: int = 8) -> np.ndarray:
     return images
 
 
+@pytest.fixture(autouse=True)
+def data_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Each test decodes into its own disk cache (never the user's ~/.cache), inherited by the
+    processes it starts."""
+    path = tmp_path_factory.mktemp("data-cache")
+    monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def shapes_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "shapes.npz"

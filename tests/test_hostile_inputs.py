@@ -24,7 +24,6 @@ from safetensors.torch import save_file
 from ddpmkit.cli import main
 from ddpmkit.config import MAX_CONFIG_BYTES, config_from_dict, load_config_file, resolve_config
 from ddpmkit.data import MAX_IMAGE_PIXELS, DataConfig, SkippedFilesWarning, load_dataset, load_image
-from ddpmkit.data import npz as npz_module
 from ddpmkit.errors import ConfigError, CorruptFileError, DataError, DdpmkitError, RunDirError
 from ddpmkit.fileio import load_tensors
 
@@ -360,11 +359,23 @@ def test_npz_giant_declared_shape_is_refused_before_allocating(tmp_path):
         _load(path)
 
 
-def test_npz_larger_than_memory_is_refused(tmp_path, monkeypatch):
-    np.savez(tmp_path / "x.npz", np.zeros((4, 8, 8), np.uint8))
-    monkeypatch.setattr(npz_module, "_physical_memory", lambda: 100)
-    with pytest.raises(DataError, match="do not fit"):
-        _load(tmp_path / "x.npz")
+def test_npz_larger_than_memory_is_refused_in_memory_and_cached_otherwise(tmp_path, monkeypatch):
+    """4 images of 64 bytes "do not fit" in 100 bytes: decoding them into memory is refused
+    before anything is read, with the hint; data.cache=auto decodes them onto disk instead."""
+    import ddpmkit.data as data_module
+    import ddpmkit.data.decoded as decoded_module
+
+    arr = np.arange(256, dtype=np.uint8).reshape(4, 8, 8)
+    np.savez(tmp_path / "x.npz", arr)
+    for module in (decoded_module, data_module):
+        monkeypatch.setattr(module, "physical_memory", lambda: 100)
+    cfg = DataConfig(source=str(tmp_path / "x.npz"), image_size=8, channels=1, cache="off")
+    with pytest.raises(DataError, match="do not fit.*data.cache=on"):
+        load_dataset(cfg, progress=False)
+    monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg.cache = "auto"
+    ds = load_dataset(cfg, progress=False)
+    assert ds.cache_file is not None and np.array_equal(ds.images_uint8[:, 0].numpy(), arr)
 
 
 def test_npz_fortran_order_and_bare_npy(tmp_path):

@@ -533,7 +533,7 @@ def test_overrides_reach_the_trainer(shapes_npz, tmp_path):
     trainer = Trainer(config, tmp_path / "run", progress=False)
     group = trainer.optimizer.param_groups[0]
     assert group["betas"] == (0.8, 0.95) and group["lr"] == 1e-3
-    assert len(trainer.images) == 256 and trainer.images.dtype == torch.uint8
+    assert trainer.data_count == 256 and trainer.batches.images.dtype == torch.uint8
     assert trainer.start_step == 0
 
 

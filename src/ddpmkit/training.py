@@ -28,13 +28,21 @@ from tqdm.auto import tqdm
 
 from ddpmkit.config import RunConfig
 from ddpmkit.data import ImageDataset, from_uint8, load_dataset, random_hflip
+from ddpmkit.data.loader import (
+    DeviceBatches,
+    Position,
+    StreamBatches,
+    choose_hold,
+    default_workers,
+    epoch_share,  # noqa: F401 (re-exported)
+    next_indices,
+)
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError, DataError, DdpmkitError, RunDirError
 from ddpmkit.generate import SampleRequest, generate, resolve_device
 from ddpmkit.interrupts import EXIT_CODES, StopRequests, signal_name
 from ddpmkit.nn import UNet
 from ddpmkit.rundir import CLASSES_FILE, RunDir
-from ddpmkit.seeding import sample_seed
 from ddpmkit.timesteps import make_timestep_sampler
 from ddpmkit.trackers import check_installed, make_tracker
 from ddpmkit.train_state import TrainState
@@ -99,14 +107,6 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
-
-
-def epoch_share(seed: int, epoch: int, count: int, rank: int, world: int) -> torch.Tensor:
-    """This process's share of epoch ``epoch``: one permutation of the ``count`` images, drawn
-    from (seed, epoch) alone so every process draws the same one, split between the ``world``
-    processes by position (rank, rank + world, ...): each image once per epoch, on one process."""
-    generator = torch.Generator().manual_seed(sample_seed(seed, epoch))
-    return torch.randperm(count, generator=generator)[rank::world]
 
 
 def bf16_autocast_supported(device: torch.device) -> bool:
@@ -224,12 +224,7 @@ class Trainer:
                 f"train.steps={tc.steps}: give train.steps >= {checkpoint.step}"
             )
 
-        dataset = load_dataset(config.data, progress=progress and self.is_main)
-        images = getattr(dataset, "images_uint8", None)
-        if images is None or len(images) == 0:
-            raise DataError(f"data source '{config.data.source}' holds no images")
-        self.dataset_description = dataset.describe()
-        self.images = images.to(self.device)
+        dataset = self._load_data(progress)
         self.labels, self.class_names = self._class_labels(dataset)
 
         with torch.random.fork_rng(devices=[]):
@@ -259,6 +254,11 @@ class Trainer:
         if checkpoint is not None:
             self.state.load_state_dict(checkpoint, self.rank, self.world)
         self.start_step = self.state.step
+        if isinstance(self.batches, StreamBatches):
+            micro = tc.batch_size // self.world // tc.grad_accum
+            self.batches.start(
+                Position(self.state.order, self.state.cursor, self.state.epoch), micro
+            )
         self._saved_step = self.start_step if checkpoint is not None else None
         if self.is_main:  # drop the log lines of steps that this run is going to redo
             self.run.truncate_metrics(self.start_step)
@@ -271,6 +271,47 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+
+    def _load_data(self, progress: bool) -> ImageDataset:
+        """Load (or decode into the cache) the training images, rank 0 first under DDP so that
+        one process decodes and the others find the cache; then hold them on the device or
+        stream them (``data.hold``), and describe both in ``dataset_description``."""
+        data = self.config.data
+        if self.world > 1 and not self.is_main:
+            dist.barrier()  # rank 0 loads first
+        dataset = load_dataset(data, progress=progress and self.is_main)
+        if self.world > 1 and self.is_main:
+            dist.barrier()
+        images = dataset.images_uint8
+        if len(images) == 0:
+            raise DataError(f"data source '{data.source}' holds no images")
+        self.data_count = len(images)
+        hold, why = choose_hold(data.hold, images.numel(), self.device)
+        if hold == "device":
+            self.batches: DeviceBatches | StreamBatches = DeviceBatches(images, self.device)
+            where = f"held on {self.device} ({why})"
+        else:
+            workers = data.loader_workers
+            if workers < 0:
+                workers = default_workers(self.device, self.world)
+            self.batches = StreamBatches(
+                images,
+                dataset.cache_file,
+                self.device,
+                workers,
+                dict(
+                    seed=self.config.train.seed, count=len(images), rank=self.rank, world=self.world
+                ),
+            )
+            origin = f"the cache {dataset.cache_file.parent}" if dataset.cache_file else "memory"
+            helpers = (
+                f"{workers} loader worker{'s' if workers != 1 else ''}"
+                if workers
+                else "the training process"
+            )
+            where = f"streamed from {origin} by {helpers} ({why})"
+        self.dataset_description = f"{dataset.describe()}; {where}"
+        return dataset
 
     def _class_labels(self, dataset: ImageDataset) -> tuple[torch.Tensor | None, list[str] | None]:
         """The labels a class-conditional run trains on, and ``model.num_classes`` derived from
@@ -314,25 +355,21 @@ class Trainer:
         """``size`` images of a fresh random permutation per epoch, scaled to [-1, 1], and their
         labels for a conditional run, ``train.label_dropout`` of them replaced by the null
         class (Ho & Salimans 2022, Algorithm 1)."""
-        state, parts, needed = self.state, [], size
-        while needed > 0:
-            if state.cursor >= len(state.order):
-                state.order = epoch_share(
-                    self.config.train.seed, state.epoch, len(self.images), self.rank, self.world
-                )
-                state.epoch += 1
-                state.cursor = 0
-            take = state.order[state.cursor : state.cursor + needed]
-            state.cursor += len(take)
-            needed -= len(take)
-            parts.append(take)
-        index = torch.cat(parts).to(self.images.device)
-        batch = from_uint8(self.images[index])
+        state = self.state
+        index = next_indices(
+            state,
+            size,
+            seed=self.config.train.seed,
+            count=self.data_count,
+            rank=self.rank,
+            world=self.world,
+        )
+        batch = from_uint8(self.batches.fetch(index))
         if self.config.data.random_flip:
             batch = random_hflip(batch, state.data_gen)
         if self.labels is None:
             return batch, None
-        labels = self.labels[index].clone()
+        labels = self.labels[index.to(self.labels.device)]
         drop = torch.rand(size, generator=state.data_gen) < self.config.train.label_dropout
         labels[drop.to(labels.device)] = self.config.model.num_classes  # the null class
         return batch, labels
@@ -577,6 +614,7 @@ class Trainer:
         self._interval.paused += time.perf_counter() - pause_start
 
     def _close(self) -> None:
+        self.batches.close()
         if self.tracker is not None:
             self.tracker.close()
         if self.world > 1:

@@ -50,12 +50,15 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
+from ddpmkit.data.cache import DataCache
 from ddpmkit.data.cifar import FOLDER_NAMES as _CIFAR_FOLDERS
 from ddpmkit.data.cifar import SPLITS as _CIFAR_SPLITS
 from ddpmkit.data.cifar import detect as _detect_cifar
 from ddpmkit.data.cifar import load_cifar as _load_cifar
 from ddpmkit.data.dataset import (
+    CACHE_MIN_IMAGES,
     DIGITS,
     HF_PREFIX,
     IMAGE_EXTENSIONS,
@@ -69,10 +72,11 @@ from ddpmkit.data.dataset import (
     random_hflip,
     to_uint8,
 )
-from ddpmkit.data.folder import load_folder as _load_folder
+from ddpmkit.data.decoded import DecodedSource, collect, from_loader, physical_memory
 from ddpmkit.data.folder import load_image
+from ddpmkit.data.folder import open_folder as _open_folder
 from ddpmkit.data.imaging import resize_square_float as _resize_square_float  # noqa: F401 (plots)
-from ddpmkit.data.npz import load_npz as _load_npz
+from ddpmkit.data.npz import open_npz as _open_npz
 from ddpmkit.errors import DataError
 
 __all__ = [
@@ -86,6 +90,7 @@ __all__ = [
     "from_uint8",
     "load_dataset",
     "load_image",
+    "open_source",
     "random_hflip",
     "to_uint8",
 ]
@@ -93,21 +98,42 @@ __all__ = [
 _SOURCES = "'digits', an image folder, or a .npz file (or a CIFAR folder, or hf:NAME)"
 
 
-def load_dataset(cfg: DataConfig, *, progress: bool = True) -> ImageDataset:
-    """Decode the source of ``cfg`` into an in-memory :class:`ImageDataset`.
+def _stat_fingerprint(paths: list[Path]) -> dict[str, Any]:
+    found = []
+    for path in paths:
+        try:
+            st = path.stat()
+            found.append((path.name, st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            found.append((path.name, None, None, None))
+    return {"files": found}
+
+
+def open_source(cfg: DataConfig, *, progress: bool = True) -> DecodedSource:
+    """The source of ``cfg``, opened but not decoded (see :mod:`ddpmkit.data.decoded`).
 
     Raises :class:`ConfigError` for bad config values and :class:`DataError` for a source that is
-    missing, empty or unreadable. ``progress`` shows a tqdm bar while decoding.
+    missing, empty or unreadable (some of which only shows while its parts are read).
     """
     cfg.validate()
+    settings = {"image_size": cfg.image_size, "channels": cfg.channels}
     if cfg.source == DIGITS:
         from ddpmkit.data.digits import load_digits_dataset
 
-        return load_digits_dataset(cfg, progress=progress)
+        return from_loader(
+            lambda: load_digits_dataset(cfg, progress=progress),
+            source=DIGITS,
+            location=DIGITS,
+            kind="scikit-learn",
+            channels=cfg.channels,
+            image_size=cfg.image_size,
+            fingerprint={"digits": 1},
+            settings=settings,
+        )
     if cfg.source.startswith(HF_PREFIX):
-        from ddpmkit.data.hf import load_hf
+        from ddpmkit.data.hf import open_hf
 
-        return load_hf(cfg, progress=progress)
+        return open_hf(cfg, progress=progress)
     source, split = cfg.source, cfg.split
     path = Path(source).expanduser()
     head, sep, suffix = source.rpartition(":")
@@ -129,14 +155,25 @@ def load_dataset(cfg: DataConfig, *, progress: bool = True) -> ImageDataset:
     if stat.S_ISDIR(mode):
         fmt = _detect_cifar(path)
         if fmt is not None:
-            return _load_cifar(path, fmt, split or "train", cfg, source=source, progress=progress)
+            split = split or "train"
+            files = fmt.train if split == "train" else fmt.test
+            return from_loader(
+                lambda: _load_cifar(path, fmt, split, cfg, source=source, progress=progress),
+                source=source,
+                location=str(path.resolve()),
+                kind=f"{fmt.name} {split}",
+                channels=cfg.channels,
+                image_size=cfg.image_size,
+                fingerprint=_stat_fingerprint([path / f for f in files]),
+                settings={**settings, "split": split},
+            )
         if split is not None and split != "train":
             raise DataError(
                 f"data source '{source}' is an image folder, which has no splits: point "
                 f"data.source at the '{split}' images instead"
             )
         try:
-            return _load_folder(path, cfg, source=source, progress=progress)
+            return _open_folder(path, cfg, source=source, progress=progress)
         except DataError as e:
             nested = [n for n in _CIFAR_FOLDERS if (path / n).is_dir()]
             if nested and str(e).startswith("no image files found"):
@@ -146,6 +183,30 @@ def load_dataset(cfg: DataConfig, *, progress: bool = True) -> ImageDataset:
                 ) from None
             raise
     if stat.S_ISREG(mode) and path.suffix.lower() == ".npz":
-        return _load_npz(path, cfg, source=source, progress=progress)
+        return _open_npz(path, cfg, source=source, progress=progress)
     what = "a file but not a .npz archive" if stat.S_ISREG(mode) else "not a file or a folder"
     raise DataError(f"data source '{source}' is {what}: give {_SOURCES}")
+
+
+def uses_cache(cfg: DataConfig, decoded: DecodedSource) -> bool:
+    """``data.cache``: ``on``, or ``auto`` for a stream, a source of :data:`CACHE_MIN_IMAGES`
+    images or more, or one whose images take more than a quarter of this machine's memory."""
+    if cfg.cache != "auto":
+        return cfg.cache == "on"
+    if cfg.streaming or decoded.total is None or decoded.total >= CACHE_MIN_IMAGES:
+        return True
+    memory = physical_memory()
+    return memory is not None and 4 * decoded.total * decoded.image_bytes > memory
+
+
+def load_dataset(cfg: DataConfig, *, progress: bool = True) -> ImageDataset:
+    """The images of ``cfg``'s source: from the disk cache (decoded into it first if needed)
+    when :func:`uses_cache`, else decoded into memory.
+
+    Raises :class:`ConfigError` for bad config values and :class:`DataError` for a source that is
+    missing, empty or unreadable, or a cache that cannot be written.
+    """
+    decoded = open_source(cfg, progress=progress)
+    if uses_cache(cfg, decoded):
+        return DataCache().load(decoded)
+    return collect(decoded)

@@ -12,9 +12,12 @@ Labels: when every image sits exactly one level below the folder, in two or more
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +29,12 @@ from ddpmkit.data.dataset import (
     SkippedFilesWarning,
     from_uint8,
 )
+from ddpmkit.data.decoded import DecodedSource, Part, collect
 from ddpmkit.data.imaging import (
+    DecodeFailures,
     bomb_warnings_as_errors,
+    decode_chunks,
     decode_file,
-    decode_many,
     reason,
     skipped_message,
 )
@@ -64,7 +69,24 @@ def class_folders(relative: list[str]) -> tuple[np.ndarray, list[str]] | None:
     return np.asarray([index[p[0]] for p in parts], dtype=np.int64), names
 
 
-def load_folder(root: Path, cfg: DataConfig, *, source: str, progress: bool) -> ImageDataset:
+def folder_fingerprint(found: list[tuple[str, Path]]) -> dict[str, Any]:
+    """The identity of a folder's images for the disk cache: a hash of every image's relative
+    path, size, modification time and inode (changed files, added or removed ones all change
+    it; an in-place edit that keeps the size within the file system's timestamp resolution does
+    not)."""
+    digest = hashlib.sha256()
+    for relative, path in found:
+        try:
+            st = path.stat()
+            entry = f"{relative}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n"
+        except OSError as e:
+            entry = f"{relative}\0{type(e).__name__}\n"
+        digest.update(entry.encode("utf-8", "surrogateescape"))
+    return {"files": len(found), "sha256": digest.hexdigest()}
+
+
+def open_folder(root: Path, cfg: DataConfig, *, source: str, progress: bool) -> DecodedSource:
+    """The images of ``root``, decoded part by part (see :mod:`ddpmkit.data.decoded`)."""
     found = list_images(root)
     exts = ", ".join(IMAGE_EXTENSIONS)
     if not found:
@@ -75,39 +97,58 @@ def load_folder(root: Path, cfg: DataConfig, *, source: str, progress: bool) -> 
     relative = [r for r, _ in found]
     paths = [p for _, p in found]
     size, ch = cfg.image_size, cfg.channels
-    images, kept, bad = decode_many(
-        [paths],
-        len(paths),
-        lambda p: decode_file(p, size, ch),
-        size=size,
-        channels=ch,
-        desc=f"loading {root.name or source}",
-        progress=progress,
-    )
-    details = skipped_message(bad, lambda i: relative[i])
-    if len(kept) == 0:
-        raise DataError(
-            f"none of the {len(paths)} image files in folder '{source}' could be read "
-            f"(looked for {exts}), e.g. {details}"
-        )
-    if bad:
-        warnings.warn(
-            f"skipped {len(bad)} unreadable image file{'s' if len(bad) != 1 else ''} of "
-            f"{len(paths)} in folder '{source}': {details}",
-            SkippedFilesWarning,
-            stacklevel=3,
-        )
-    labels, names = None, None
     classes = class_folders(relative)
-    if classes is not None:
-        labels, names = torch.from_numpy(classes[0][kept]), classes[1]
-    return ImageDataset(
-        torch.from_numpy(images),
+    failures = DecodeFailures()
+
+    def parts() -> Iterator[Part]:
+        decoded = decode_chunks(
+            [paths],
+            len(paths),
+            lambda p: decode_file(p, size, ch),
+            size=size,
+            channels=ch,
+            desc=f"loading {root.name or source}",
+            progress=progress,
+            failures=failures,
+        )
+        for images, kept in decoded:
+            yield images, None if classes is None else classes[0][kept]
+
+    def finish() -> str | None:
+        details = skipped_message(failures, lambda i: relative[i])
+        if len(failures) == len(paths):
+            raise DataError(
+                f"none of the {len(paths)} image files in folder '{source}' could be read "
+                f"(looked for {exts}), e.g. {details}"
+            )
+        if not failures:
+            return None
+        message = (
+            f"skipped {len(failures)} unreadable image file{'s' if len(failures) != 1 else ''} "
+            f"of {len(paths)} in folder '{source}': {details}"
+        )
+        warnings.warn(message, SkippedFilesWarning, stacklevel=4)
+        return message
+
+    return DecodedSource(
         source=source,
-        labels=labels,
-        class_names=names,
+        location=str(root.resolve()),
         kind="image folder",
+        channels=ch,
+        image_size=size,
+        parts=parts(),
+        total=len(paths),
+        class_names=None if classes is None else classes[1],
+        fingerprint={"folder": str(root.resolve()), **folder_fingerprint(found)},
+        settings={"image_size": size, "channels": ch},
+        labelled=classes is not None,
+        finish=finish,
     )
+
+
+def load_folder(root: Path, cfg: DataConfig, *, source: str, progress: bool) -> ImageDataset:
+    """The images of ``root`` decoded into memory."""
+    return collect(open_folder(root, cfg, source=source, progress=progress))
 
 
 def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:

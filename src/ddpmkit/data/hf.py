@@ -17,6 +17,7 @@ so the same files give the same pixels either way. Unreadable images are skipped
 
 from __future__ import annotations
 
+import array
 import contextlib
 import io
 import os
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ddpmkit.data.dataset import (
     DEFAULT_SPLIT,
@@ -35,13 +35,15 @@ from ddpmkit.data.dataset import (
     DataConfig,
     ImageDataset,
     SkippedFilesWarning,
-    checked_labels,
 )
+from ddpmkit.data.decoded import DecodedSource, Part, collect
+from ddpmkit.data.folder import folder_fingerprint
 from ddpmkit.data.imaging import (
+    DecodeFailures,
     UnreadableImage,
+    decode_chunks,
     decode_file,
     decode_image,
-    decode_many,
     reason,
     skipped_message,
 )
@@ -138,9 +140,11 @@ def _only_images(folder: Path) -> bool:
 
 
 def open_dataset(name: str, split: str, cfg: DataConfig) -> tuple[Any, str]:
-    """The ``datasets.Dataset`` of ``hf:NAME:SPLIT`` and a word for what it is."""
+    """The ``datasets.Dataset`` of ``hf:NAME:SPLIT`` (an ``IterableDataset`` that reads as it
+    goes when ``data.streaming`` is set) and a word for what it is."""
     datasets = import_datasets()
     local = Path(name).expanduser()
+    streaming = cfg.streaming
     try:
         if local.is_dir() and _is_saved_to_disk(local):
             loaded = datasets.load_from_disk(str(local))
@@ -150,15 +154,19 @@ def open_dataset(name: str, split: str, cfg: DataConfig) -> tuple[Any, str]:
                         f"hf data set '{name}' has no split '{split}' (splits: {', '.join(loaded)})"
                     )
                 loaded = loaded[split]
-            return loaded, "hf (saved)"
+            return (loaded.to_iterable_dataset() if streaming else loaded), "hf (saved)"
         if local.is_dir():
             if _only_images(local):
-                ds = datasets.load_dataset("imagefolder", data_dir=str(local), split=split)
+                ds = datasets.load_dataset(
+                    "imagefolder", data_dir=str(local), split=split, streaming=streaming
+                )
                 return ds, "hf imagefolder"
-            return datasets.load_dataset(str(local), cfg.hf_config, split=split), "hf (local)"
+            ds = datasets.load_dataset(str(local), cfg.hf_config, split=split, streaming=streaming)
+            return ds, "hf (local)"
         if local.exists():
             raise DataError(f"hf data source '{name}' is a file: give a data set folder or name")
-        return datasets.load_dataset(name, cfg.hf_config, split=split), "hf"
+        ds = datasets.load_dataset(name, cfg.hf_config, split=split, streaming=streaming)
+        return ds, "hf (streamed)" if streaming else "hf"
     except DataError:
         raise
     except MemoryError:
@@ -236,67 +244,147 @@ def _progress_bars(datasets: Any, show: bool) -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def load_hf(cfg: DataConfig, *, progress: bool) -> ImageDataset:
+def _fingerprint(name: str, split: str, cfg: DataConfig, ds: Any) -> dict[str, Any]:
+    """A local data set: every file's path, size and time; a Hub data set: the fingerprint
+    ``datasets`` gives it (a stream has none: its name, configuration and split)."""
+    local = Path(name).expanduser()
+    where = {"hf": name, "config": cfg.hf_config, "split": split, "streaming": cfg.streaming}
+    if local.is_dir():
+        files = [(p.relative_to(local).as_posix(), p) for p in sorted(local.rglob("*"))]
+        return {**where, "folder": str(local.resolve()), **folder_fingerprint(files)}
+    return {**where, "fingerprint": getattr(ds, "_fingerprint", None)}
+
+
+def _rows(ds: Any, image_col: str, label_col: str | None, streaming: bool, datasets: Any):
+    """``(image cells, labels or None)`` per batch of rows; the image cells are the stored
+    ``{"bytes", "path"}`` structs, never decoded by ``datasets``."""
+    columns = [image_col] + ([label_col] if label_col else [])
+    if streaming:
+        table = ds.select_columns(columns).cast_column(image_col, datasets.Image(decode=False))
+        for batch in table.iter(batch_size=_BATCH):
+            yield batch[image_col], batch[label_col] if label_col else None
+        return
+    table = ds.select_columns(columns).with_format("arrow")
+    for batch in table.iter(batch_size=_BATCH):
+        labels = None
+        if label_col:
+            column = batch.column(label_col)
+            labels = [None] * len(column) if column.null_count else column.to_numpy()
+        yield batch.column(image_col).to_pylist(), labels
+
+
+def open_hf(cfg: DataConfig, *, progress: bool) -> DecodedSource:
+    """The images (and labels) of ``hf:NAME[:SPLIT]``, decoded part by part; with
+    ``data.streaming`` the rows are read from the Hub (or the local files) as they are decoded,
+    and nothing but the current part is held."""
     name, split = parse_source(cfg.source, cfg.split)
     datasets = import_datasets()
     with _progress_bars(datasets, progress):
         ds, kind = open_dataset(name, split, cfg)
+    if ds.features is None:
+        raise DataError(
+            f"hf data set '{name}' does not declare its features when streamed: set "
+            "data.streaming=false"
+        )
     image_col, label_col = _columns(ds, cfg, name, datasets)
-    total = len(ds)
-    if total == 0:
-        raise DataError(f"hf data set '{name}' split '{split}' holds no rows")
-    columns = [image_col] + ([label_col] if label_col else [])
-    table = ds.select_columns(columns).with_format("arrow")
-    labels_parts: list[np.ndarray] = []
-
-    def chunks() -> Any:
-        for batch in table.iter(batch_size=_BATCH):
-            if label_col:
-                column = batch.column(label_col)
-                if column.null_count:
-                    raise DataError(f"hf data set '{name}': '{label_col}' has missing labels")
-                labels_parts.append(np.asarray(column.to_numpy(zero_copy_only=False)))
-            yield batch.column(image_col).to_pylist()
-
+    if cfg.streaming:
+        info = getattr(ds, "info", None)
+        splits = getattr(info, "splits", None) or {}
+        total = getattr(splits.get(split), "num_examples", None) if split in splits else None
+    else:
+        total = len(ds)
+        if total == 0:
+            raise DataError(f"hf data set '{name}' split '{split}' holds no rows")
     size, ch = cfg.image_size, cfg.channels
-    try:
-        images, kept, bad = decode_many(
-            chunks(),
-            total,
+    failures = DecodeFailures()
+    row_labels = array.array("q")  # the label of every row read so far, 8 bytes each
+    rows_seen = [0]
+
+    def cells() -> Iterator[list[Any]]:
+        for images, labels in _rows(ds, image_col, label_col, cfg.streaming, datasets):
+            if labels is not None:
+                if any(v is None for v in labels):
+                    raise DataError(f"hf data set '{name}': '{label_col}' has missing labels")
+                try:
+                    row_labels.extend(int(v) for v in labels)
+                except (TypeError, ValueError, OverflowError):
+                    raise DataError(
+                        f"hf data set '{name}': '{label_col}' holds labels that are not integers"
+                    ) from None
+            rows_seen[0] += len(images)
+            yield images
+
+    def parts() -> Iterator[Part]:
+        decoded = decode_chunks(
+            cells(),
+            None if cfg.streaming else total,
             lambda cell: _open_cell(cell, size, ch),
             size=size,
             channels=ch,
             desc=f"loading {name}",
             progress=progress,
+            failures=failures,
         )
-    except DataError:
-        raise
-    except MemoryError:
-        raise DataError(f"hf data set '{name}': not enough memory") from None
-    except Exception as e:  # noqa: BLE001 - pyarrow errors while reading the table
-        raise DataError(f"cannot read hf data set '{name}': {reason(e)}") from None
-    details = skipped_message(bad, lambda i: f"row {i}")
-    if len(kept) == 0:
-        raise DataError(
-            f"none of the {total} images of hf data set '{name}' could be read: {details}"
+        try:
+            for images, kept in decoded:
+                labels = None
+                if label_col is not None:
+                    labels = np.frombuffer(row_labels, dtype=np.int64)[kept].copy()
+                yield images, labels
+        except DataError:
+            raise
+        except MemoryError:
+            raise DataError(f"hf data set '{name}': not enough memory") from None
+        except Exception as e:  # noqa: BLE001 - pyarrow and the Hub raise many kinds
+            raise DataError(f"cannot read hf data set '{name}': {reason(e)}") from None
+
+    def finish() -> str | None:
+        seen = rows_seen[0]
+        if seen == 0:
+            raise DataError(f"hf data set '{name}' split '{split}' holds no rows")
+        details = skipped_message(failures, lambda i: f"row {i}")
+        if len(failures) == seen:
+            raise DataError(
+                f"none of the {seen} images of hf data set '{name}' could be read: {details}"
+            )
+        if not failures:
+            return None
+        message = (
+            f"skipped {len(failures)} unreadable image{'s' if len(failures) != 1 else ''} of "
+            f"{seen} in hf data set '{name}': {details}"
         )
-    if bad:
-        warnings.warn(
-            f"skipped {len(bad)} unreadable image{'s' if len(bad) != 1 else ''} of {total} in "
-            f"hf data set '{name}': {details}",
-            SkippedFilesWarning,
-            stacklevel=3,
-        )
-    labels, names = None, None
-    if label_col:
-        where = f"hf data set '{name}' [{label_col}]"
-        labels = checked_labels(np.concatenate(labels_parts), total, where)[torch.from_numpy(kept)]
+        warnings.warn(message, SkippedFilesWarning, stacklevel=4)
+        return message
+
+    local = Path(name).expanduser()
+    names = None
+    if label_col is not None:
         feature = ds.features[label_col]
         if isinstance(feature, datasets.ClassLabel):
             names = [str(s) for s in feature.names]
-            if len(labels) and int(labels.max()) >= len(names):
-                raise DataError(f"{where}: label {int(labels.max())} but {len(names)} classes")
-    source = f"{HF_PREFIX}{name}:{split}"
-    return ImageDataset(
-        torch.from_numpy(images), source=source, labels=labels, class_names=names, kind=kind
+    return DecodedSource(
+        source=f"{HF_PREFIX}{name}:{split}",
+        location=HF_PREFIX + (str(local.resolve()) if local.is_dir() else name),
+        kind=kind,
+        channels=ch,
+        image_size=size,
+        parts=parts(),
+        total=total,
+        class_names=names,
+        fingerprint=_fingerprint(name, split, cfg, ds),
+        settings={
+            "image_size": size,
+            "channels": ch,
+            "split": split,
+            "hf_config": cfg.hf_config,
+            "image_column": image_col,
+            "label_column": label_col,
+        },
+        labelled=label_col is not None,
+        finish=finish,
     )
+
+
+def load_hf(cfg: DataConfig, *, progress: bool) -> ImageDataset:
+    """``hf:NAME[:SPLIT]`` decoded into memory."""
+    return collect(open_hf(cfg, progress=progress))

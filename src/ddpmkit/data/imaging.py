@@ -5,7 +5,8 @@
 * Encoded images (folder files, ``hf:`` image bytes): :func:`decode_image` — EXIF orientation,
   first frame, 16-bit → 8-bit, transparency on white, mode conversion (:func:`to_mode`), short
   side → ``size`` and center crop in one resampling step (:func:`square`). The same bytes give
-  the same pixels whichever source they come from. :func:`decode_many` runs it on a thread pool
+  the same pixels whichever source they come from. :func:`decode_chunks` runs it on a thread pool,
+  one part at a time,
   and collects the failures.
 """
 
@@ -205,24 +206,28 @@ def _try(decode: Callable[[Any], np.ndarray], item: Any) -> np.ndarray | Excepti
         return e
 
 
-def decode_many(
+class DecodeFailures(list):
+    """``(index, exception)`` of every item that did not decode, filled while decoding."""
+
+
+def decode_chunks(
     chunks: Iterable[list[Any]],
-    total: int,
+    total: int | None,
     decode: Callable[[Any], np.ndarray],
     *,
     size: int,
     channels: int,
     desc: str,
     progress: bool,
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, Exception]]]:
-    """Decode ``total`` items, given in chunks, on a thread pool.
+    failures: DecodeFailures,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Decode items, given in chunks, on a thread pool, :data:`LOAD_CHUNK` at a time.
 
-    Returns the ``(count, C, size, size)`` uint8 images that decoded, the indices (into the
-    ``total`` items) that they come from, and ``(index, exception)`` for every failure.
+    Yields ``(images, kept)``: the ``(n, C, size, size)`` uint8 images of one part that decoded
+    and their indices among all the items; every failure is appended to ``failures``. Only one
+    part is held at a time, so a source larger than memory can be decoded onto disk. ``total``
+    (``None``: unknown, e.g. a stream) sizes the progress bar and bounds the count.
     """
-    out = np.empty((total, channels, size, size), dtype=np.uint8)
-    kept: list[int] = []
-    bad: list[tuple[int, Exception]] = []
     index = 0
     workers = max(1, min(8, os.cpu_count() or 1))
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
@@ -230,19 +235,20 @@ def decode_many(
         for chunk in chunks:
             for start in range(0, len(chunk), LOAD_CHUNK):
                 part = chunk[start : start + LOAD_CHUNK]
+                if total is not None and index + len(part) > total:
+                    raise DataError(f"{desc}: more images than the {total} announced")
+                out = np.empty((len(part), channels, size, size), dtype=np.uint8)
+                kept: list[int] = []
                 for res in pool.map(_try, [decode] * len(part), part):
-                    if index >= total:
-                        raise DataError(f"{desc}: more images than the {total} announced")
                     if isinstance(res, Exception):
-                        bad.append((index, res))
+                        failures.append((index, res))
                     else:
                         out[len(kept)] = res
                         kept.append(index)
                     index += 1
-                    bar.update(1)
-    count = len(kept)
-    images = out[:count] if count == total else out[:count].copy()
-    return images, np.asarray(kept, dtype=np.int64), bad
+                bar.update(len(part))
+                if kept:
+                    yield out[: len(kept)], np.asarray(kept, dtype=np.int64)
 
 
 def skipped_message(bad: list[tuple[int, Exception]], name: Callable[[int], str]) -> str:

@@ -12,16 +12,19 @@ archive, memory) before any data is read, so a tampered or hostile archive is on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ddpmkit.data.dataset import MAX_IMAGE_PIXELS, DataConfig, ImageDataset, checked_labels
-from ddpmkit.data.imaging import convert_channels, reason, resize_square_float, to_tensor_nchw
+from ddpmkit.data.decoded import DecodedSource, Part, collect, physical_memory
+from ddpmkit.data.imaging import convert_channels, reason, resize_square_float
 from ddpmkit.errors import DataError
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -92,19 +95,12 @@ def check_names_header(where: str, shape: tuple[int, ...], dtype: np.dtype) -> N
         raise DataError(f"{where}: class names must be one-dimensional, got shape {shape}")
 
 
-def _physical_memory() -> int | None:
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):  # not a POSIX system
-        return None
-
-
-def read_npy(fp: IO[bytes], stored: int, where: str, check: _Check = check_image_header):
-    """The array of an open ``.npy`` stream of ``stored`` bytes.
-
-    The header is checked with ``check``, and the size it declares against the bytes stored
-    (and the machine's memory), before anything is allocated.
-    """
+def read_npy_header(
+    fp: IO[bytes], stored: int, where: str, check: _Check
+) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of an open ``.npy`` stream of ``stored`` bytes, checked
+    with ``check``, and the size they declare checked against the bytes stored; the stream is
+    left at the start of the data."""
     version = np.lib.format.read_magic(fp)
     if version == (1, 0):
         header = np.lib.format.read_array_header_1_0(fp, max_header_size=_NPY_MAX_HEADER)
@@ -122,79 +118,176 @@ def read_npy(fp: IO[bytes], stored: int, where: str, check: _Check = check_image
             f"{where}: truncated or tampered: the header declares shape {shape} ({count} bytes) "
             f"but {data_bytes} bytes of data are stored"
         )
-    memory = _physical_memory()
+    return shape, bool(fortran_order), dtype
+
+
+def _read_exactly(fp: IO[bytes], out: np.ndarray, where: str) -> None:
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    done = 0
+    while done < len(view):
+        chunk = fp.read(min(_READ_CHUNK, len(view) - done))
+        if not chunk:
+            raise DataError(f"{where}: truncated: {len(view) - done} bytes of image data missing")
+        view[done : done + len(chunk)] = chunk
+        done += len(chunk)
+
+
+def _check_end(fp: IO[bytes], where: str) -> None:
+    if fp.read(1):  # reading to the end also makes zipfile check the CRC
+        raise DataError(f"{where}: more data stored than the header declares")
+
+
+def _read_whole(fp: IO[bytes], header: tuple, where: str) -> np.ndarray:
+    shape, fortran_order, dtype = header
+    count = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    memory = physical_memory()
     if memory is not None and count > memory:
         raise DataError(
             f"{where}: {count / 2**30:.1f} GiB of images do not fit in this machine's "
             f"{memory / 2**30:.1f} GiB of memory"
         )
     flat = np.empty(count, dtype=np.uint8)
-    view = memoryview(flat)
-    done = 0
-    while done < count:
-        chunk = fp.read(min(_READ_CHUNK, count - done))
-        if not chunk:
-            raise DataError(f"{where}: truncated: {count - done} bytes of image data missing")
-        view[done : done + len(chunk)] = chunk
-        done += len(chunk)
-    if fp.read(1):  # reading to the end also makes zipfile check the CRC
-        raise DataError(f"{where}: more data stored than the header declares")
+    _read_exactly(fp, flat, where)
+    _check_end(fp, where)
     arr = flat.view(dtype)
     if fortran_order:
         return arr.reshape(shape[::-1]).transpose()
     return arr.reshape(shape)
 
 
+def read_npy(fp: IO[bytes], stored: int, where: str, check: _Check = check_image_header):
+    """The array of an open ``.npy`` stream of ``stored`` bytes.
+
+    The header is checked with ``check``, and the size it declares against the bytes stored
+    (and the machine's memory), before anything is allocated.
+    """
+    return _read_whole(fp, read_npy_header(fp, stored, where, check), where)
+
+
+def read_npy_rows(
+    fp: IO[bytes], shape: tuple[int, ...], where: str, rows: int
+) -> Iterator[np.ndarray]:
+    """The uint8 image array of a C-order ``.npy`` stream (header already read), ``rows``
+    images at a time: only one part is held in memory."""
+    total = shape[0]
+    for start in range(0, total, rows):
+        part = np.empty((min(rows, total - start), *shape[1:]), dtype=np.uint8)
+        _read_exactly(fp, part, where)
+        yield part
+    _check_end(fp, where)
+
+
 def _where(source: str, key: str) -> str:
     return f"'{source}' [{key if key.isprintable() else repr(key)}]"
 
 
-def read_npz(path: Path, source: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    """Images, labels (or ``None``) and class names (or ``None``) of a ``.npz`` (a bare
-    ``.npy`` under a ``.npz`` name also works: images only)."""
-    try:
+_ROWS_BYTES = 64 << 20  # images read, converted and resized per part: about 64 MiB
+
+
+def _members(archive: zipfile.ZipFile, source: str) -> tuple[dict[str, zipfile.ZipInfo], str]:
+    """The archive's members by array name, and the name of the image array."""
+    members = {
+        (info.filename[:-4] if info.filename.endswith(".npy") else info.filename): info
+        for info in archive.infolist()
+    }
+    others = [k for k in members if k not in _LABEL_KEYS]
+    if "arr_0" in members:
+        return members, "arr_0"
+    if len(others) == 1:
+        return members, others[0]
+    found = ", ".join(map(repr, members)) if members else "no arrays"
+    raise DataError(
+        f"'{source}': expected the images under key 'arr_0' or as the only array; found {found}"
+    )
+
+
+def _labels_and_names(
+    archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], key: str, source: str
+) -> tuple[np.ndarray | None, list[str] | None, str | None]:
+    def read(name: str, check: _Check) -> np.ndarray:
+        with archive.open(members[name]) as member:
+            return read_npy(member, members[name].file_size, _where(source, name), check)
+
+    label_key = "labels" if "labels" in members else None
+    if label_key is None and key == "arr_0" and "arr_1" in members:
+        label_key = "arr_1"
+    labels = read(label_key, check_label_header) if label_key else None
+    names = None
+    if "class_names" in members:
+        if labels is None:
+            raise DataError(f"'{source}': 'class_names' without a 'labels' array")
+        names = [str(s) for s in read("class_names", check_names_header)]
+    return labels, names, label_key
+
+
+class _ImageStream:
+    """Where the image array of an ``.npz`` (or of a bare ``.npy`` under that name) lies."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.path, self.source = path, source
         with open(path, "rb") as handle:
-            if handle.read(len(_NPY_MAGIC)) == _NPY_MAGIC:  # a .npy saved under a .npz name
+            self.bare = handle.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+            size = os.fstat(handle.fileno()).st_size
+            if self.bare:
                 handle.seek(0)
-                size = os.fstat(handle.fileno()).st_size
-                return read_npy(handle, size, f"'{source}'"), None, None
+                self.key, self.where = "", f"'{source}'"
+                self.header = read_npy_header(handle, size, self.where, check_image_header)
+                self.labels, self.names, self.label_key = None, None, None
+                st = os.fstat(handle.fileno())
+                self.fingerprint = {
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "inode": st.st_ino,
+                }
+                return
         with zipfile.ZipFile(path) as archive:
-            members = {
-                (info.filename[:-4] if info.filename.endswith(".npy") else info.filename): info
-                for info in archive.infolist()
+            members, self.key = _members(archive, source)
+            self.where = _where(source, self.key)
+            info = members[self.key]
+            with archive.open(info) as member:
+                self.header = read_npy_header(
+                    member, info.file_size, self.where, check_image_header
+                )
+            self.labels, self.names, self.label_key = _labels_and_names(
+                archive, members, self.key, source
+            )
+            # the archive's own CRC-32s identify the content, whatever the file times say
+            self.fingerprint = {
+                "members": sorted((k, v.CRC, v.file_size) for k, v in members.items())
             }
-            others = [k for k in members if k not in _LABEL_KEYS]
-            if "arr_0" in members:
-                key = "arr_0"
-            elif len(others) == 1:
-                (key,) = others
+        if self.labels is not None and self.labels.shape[0] != self.header[0][0]:
+            raise DataError(
+                f"{_where(source, self.label_key)}: {self.labels.shape[0]} labels for "
+                f"{self.header[0][0]} images"
+            )
+
+    def rows(self, count: int) -> Iterator[np.ndarray]:
+        """The images as they are stored (``(n, H, W[, C])``), ``count`` at a time; only one
+        part is in memory (unless the array is in Fortran order, which is read whole)."""
+        with contextlib.ExitStack() as stack:
+            if self.bare:
+                fp = stack.enter_context(open(self.path, "rb"))
+                stored = os.fstat(fp.fileno()).st_size
             else:
-                found = ", ".join(map(repr, members)) if members else "no arrays"
-                raise DataError(
-                    f"'{source}': expected the images under key 'arr_0' or as the only array; "
-                    f"found {found}"
-                )
+                archive = stack.enter_context(zipfile.ZipFile(self.path))
+                info = _members(archive, self.source)[0][self.key]
+                fp = stack.enter_context(archive.open(info))
+                stored = info.file_size
+            header = read_npy_header(fp, stored, self.where, check_image_header)
+            if header != self.header:
+                raise DataError(f"{self.where}: changed while it was read")
+            if header[1]:  # Fortran order
+                whole = _read_whole(fp, header, self.where)
+                for start in range(0, len(whole), count):
+                    yield whole[start : start + count]
+                return
+            yield from read_npy_rows(fp, header[0], self.where, count)
 
-            def read(name: str, check: _Check) -> np.ndarray:
-                with archive.open(members[name]) as member:
-                    return read_npy(member, members[name].file_size, _where(source, name), check)
 
-            images = read(key, check_image_header)
-            label_key = "labels" if "labels" in members else None
-            if label_key is None and key == "arr_0" and "arr_1" in members:
-                label_key = "arr_1"
-            labels = read(label_key, check_label_header) if label_key else None
-            names = None
-            if "class_names" in members:
-                if labels is None:
-                    raise DataError(f"'{source}': 'class_names' without a 'labels' array")
-                names = [str(s) for s in read("class_names", check_names_header)]
-            if labels is not None and labels.shape[0] != images.shape[0]:
-                raise DataError(
-                    f"{_where(source, label_key)}: {labels.shape[0]} labels for "
-                    f"{images.shape[0]} images"
-                )
-            return images, labels, names
+def _guarded(parts: Iterator[Part], source: str) -> Iterator[Part]:
+    """``parts`` with the many exception kinds of zipfile, zlib and numpy as one DataError."""
+    try:
+        yield from parts
     except DataError:
         raise
     except MemoryError:
@@ -203,13 +296,53 @@ def read_npz(path: Path, source: str) -> tuple[np.ndarray, np.ndarray | None, li
         raise DataError(f"cannot read '{source}' as a .npz file: {reason(e)}") from None
 
 
-def load_npz(path: Path, cfg: DataConfig, *, source: str, progress: bool) -> ImageDataset:
-    arr, labels, names = read_npz(path, source)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    arr = convert_channels(arr, cfg.channels)
-    arr = resize_square_float(arr, cfg.image_size, progress=progress, desc="resizing")
-    checked = None if labels is None else checked_labels(labels, len(arr), f"'{source}'")
-    return ImageDataset(
-        to_tensor_nchw(arr), source=source, labels=checked, class_names=names, kind="npz"
+def open_npz(path: Path, cfg: DataConfig, *, source: str, progress: bool) -> DecodedSource:
+    """The images of a ``.npz`` archive, read, converted and resized part by part."""
+    try:
+        stream = _ImageStream(path, source)
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"'{source}': not enough memory to load its images") from None
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib, struct and numpy raise many kinds
+        raise DataError(f"cannot read '{source}' as a .npz file: {reason(e)}") from None
+    shape = stream.header[0]
+    total = shape[0]
+    labels = None
+    if stream.labels is not None:
+        labels = checked_labels(stream.labels, total, f"'{source}'").numpy()
+    stored_bytes = max(1, int(np.prod(shape[1:])))
+    rows = max(1, _ROWS_BYTES // max(stored_bytes, cfg.channels * cfg.image_size**2))
+
+    def parts() -> Iterator[Part]:
+        done = 0
+        bar = tqdm(total=total, desc="reading", unit="img", disable=not progress, delay=1.0)
+        with bar:
+            for arr in stream.rows(rows):
+                if arr.ndim == 3:
+                    arr = arr[..., None]
+                arr = convert_channels(arr, cfg.channels)
+                arr = resize_square_float(arr, cfg.image_size, progress=False, desc="resizing")
+                part_labels = None if labels is None else labels[done : done + len(arr)]
+                done += len(arr)
+                bar.update(len(arr))
+                yield np.ascontiguousarray(arr.transpose(0, 3, 1, 2)), part_labels
+
+    return DecodedSource(
+        source=source,
+        location=str(path.resolve()),
+        kind="npz",
+        channels=cfg.channels,
+        image_size=cfg.image_size,
+        parts=_guarded(parts(), source),
+        total=total,
+        class_names=stream.names,
+        fingerprint={"file": str(path.resolve()), **stream.fingerprint},
+        settings={"image_size": cfg.image_size, "channels": cfg.channels},
+        labelled=labels is not None,
     )
+
+
+def load_npz(path: Path, cfg: DataConfig, *, source: str, progress: bool) -> ImageDataset:
+    """The images of a ``.npz`` archive decoded into memory."""
+    return collect(open_npz(path, cfg, source=source, progress=progress))
