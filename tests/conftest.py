@@ -51,11 +51,11 @@ def shapes_array(n: int = 256, size: int = 8) -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def data_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Each test decodes into its own disk cache (never the user's ~/.cache), inherited by the
-    processes it starts."""
-    path = tmp_path_factory.mktemp("data-cache")
-    monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(path))
-    return path
+    """Each test has its own ddpmkit cache (never the user's ~/.cache), inherited by the
+    processes it starts; returns the folder of its decoded data sets."""
+    path = tmp_path_factory.mktemp("ddpmkit-cache")
+    monkeypatch.setenv("DDPMKIT_CACHE", str(path))
+    return path / "data"
 
 
 @pytest.fixture(scope="session")

@@ -163,7 +163,7 @@ def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path):
 def test_an_unwritable_cache_is_one_clear_error(tmp_path, monkeypatch):
     _npz(tmp_path / "a.npz")
     (tmp_path / "file").write_text("x")
-    monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    monkeypatch.setenv("DDPMKIT_CACHE", str(tmp_path / "file" / "cache"))
     with pytest.raises(DataError, match=r"cannot write the data cache.*data\.cache=off"):
         load_dataset(_cfg(tmp_path / "a.npz", cache="on"), progress=False)
 
@@ -286,3 +286,12 @@ def test_the_log_line_says_where_the_images_are(shapes_npz, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         trainer.train()
+
+
+def test_auto_leaves_digits_in_memory_and_writes_nothing(data_cache_dir):
+    ds = load_dataset(DataConfig(), progress=False)
+    assert ds.cache_file is None and len(ds) == 1797
+    assert not data_cache_dir.exists()
+    cached = load_dataset(DataConfig(cache="on"), progress=False)
+    assert cached.cache_file is not None and torch.equal(cached.images_uint8, ds.images_uint8)
+    assert torch.equal(cached.labels, ds.labels) and cached.class_names == ds.class_names

@@ -372,7 +372,7 @@ def test_npz_larger_than_memory_is_refused_in_memory_and_cached_otherwise(tmp_pa
     cfg = DataConfig(source=str(tmp_path / "x.npz"), image_size=8, channels=1, cache="off")
     with pytest.raises(DataError, match="do not fit.*data.cache=on"):
         load_dataset(cfg, progress=False)
-    monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DDPMKIT_CACHE", str(tmp_path / "cache"))
     cfg.cache = "auto"
     ds = load_dataset(cfg, progress=False)
     assert ds.cache_file is not None and np.array_equal(ds.images_uint8[:, 0].numpy(), arr)

@@ -288,7 +288,9 @@ class Trainer:
         self.data_count = len(images)
         hold, why = choose_hold(data.hold, images.numel(), self.device)
         if hold == "device":
-            self.batches: DeviceBatches | StreamBatches = DeviceBatches(images, self.device)
+            self.batches: DeviceBatches | StreamBatches = DeviceBatches(
+                images, self.device, mapped=dataset.cache_file is not None
+            )
             where = f"held on {self.device} ({why})"
         else:
             workers = data.loader_workers

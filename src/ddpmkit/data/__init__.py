@@ -190,10 +190,16 @@ def open_source(cfg: DataConfig, *, progress: bool = True) -> DecodedSource:
 
 def uses_cache(cfg: DataConfig, decoded: DecodedSource) -> bool:
     """``data.cache``: ``on``, or ``auto`` for a stream, a source of :data:`CACHE_MIN_IMAGES`
-    images or more, or one whose images take more than a quarter of this machine's memory."""
+    images or more, or one whose images take more than a quarter of this machine's memory
+    (digits and CIFAR, read whole in well under a second, are not counted up front: ``auto``
+    leaves them in memory)."""
     if cfg.cache != "auto":
         return cfg.cache == "on"
-    if cfg.streaming or decoded.total is None or decoded.total >= CACHE_MIN_IMAGES:
+    if cfg.streaming:
+        return True
+    if decoded.total is None:
+        return False
+    if decoded.total >= CACHE_MIN_IMAGES:
         return True
     memory = physical_memory()
     return memory is not None and 4 * decoded.total * decoded.image_bytes > memory

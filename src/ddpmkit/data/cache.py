@@ -10,7 +10,8 @@ the old one of the same settings is removed.
 
 An entry is written part by part under a temporary name and renamed when complete, so a crash
 never leaves a half entry, and a source larger than memory is never held whole. ``ROOT`` is
-``$DDPMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ddpmkit/data``, else ``~/.cache/ddpmkit/data``.
+the ``data`` folder of :func:`ddpmkit.cache_home.cache_home`: ``$DDPMKIT_CACHE/data``, else
+``~/.cache/ddpmkit/data``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpmkit.cache_home import ENV_VAR, cache_home
 from ddpmkit.data.dataset import ImageDataset, SkippedFilesWarning
 from ddpmkit.data.decoded import DecodedSource, gathered_labels
 from ddpmkit.errors import DataError
@@ -39,7 +41,6 @@ DECODE_VERSION = 1
 """Bumped whenever decoding or resampling changes the pixels of a source: old entries are then
 no longer found."""
 
-ENV_VAR = "DDPMKIT_CACHE_DIR"
 IMAGES_FILE = "images.u8"
 LABELS_FILE = "labels.npy"
 META_FILE = "meta.json"
@@ -47,12 +48,8 @@ _TMP = ".tmp-"
 
 
 def cache_root() -> Path:
-    """``$DDPMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ddpmkit/data``, else
-    ``~/.cache/ddpmkit/data``."""
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "ddpmkit" / "data"
+    """``$DDPMKIT_CACHE/data``, else ``~/.cache/ddpmkit/data``."""
+    return cache_home() / "data"
 
 
 def _digest(value: Any) -> str:

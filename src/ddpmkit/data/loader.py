@@ -114,9 +114,10 @@ def _size(nbytes: int) -> str:
 class DeviceBatches:
     """All images on the device; a batch is an index into them."""
 
-    def __init__(self, images: torch.Tensor, device: torch.device) -> None:
-        # a memory-mapped cache is copied into memory (on a CPU run .to() would keep the map)
-        self.images = images.to(device, copy=True)
+    def __init__(self, images: torch.Tensor, device: torch.device, mapped: bool) -> None:
+        # a memory-mapped cache is read into memory (on a CPU run .to() alone keeps the map);
+        # images already in memory are not copied on a CPU run
+        self.images = images.to(device, copy=mapped)
 
     def fetch(self, index: torch.Tensor) -> torch.Tensor:
         return self.images[index.to(self.images.device)]

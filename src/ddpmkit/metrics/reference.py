@@ -10,26 +10,27 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ddpmkit.cache_home import cache_home
 from ddpmkit.fileio import atomic_write_bytes
 from ddpmkit.metrics.extractors import FeatureExtractor, extract_features
 
 
 def default_cache_dir() -> Path:
-    """``$DDPMKIT_CACHE``, else ``~/.cache/ddpmkit``."""
-    root = os.environ.get("DDPMKIT_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "ddpmkit"
+    """:func:`ddpmkit.cache_home.cache_home`: ``$DDPMKIT_CACHE``, else ``~/.cache/ddpmkit``."""
+    return cache_home()
 
 
-def images_fingerprint(images: torch.Tensor) -> str:
-    """16 hex digits of the SHA-256 of a uint8 image tensor's shape and bytes."""
+def images_fingerprint(images: torch.Tensor, rows: int = 4096) -> str:
+    """16 hex digits of the SHA-256 of a uint8 image tensor's shape and bytes (hashed
+    ``rows`` images at a time, so a memory-mapped data set is never copied whole)."""
     digest = hashlib.sha256(str(tuple(images.shape)).encode())
-    digest.update(images.contiguous().cpu().numpy().tobytes())
+    for start in range(0, len(images), rows):
+        digest.update(images[start : start + rows].contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
