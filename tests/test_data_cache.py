@@ -295,3 +295,29 @@ def test_auto_leaves_digits_in_memory_and_writes_nothing(data_cache_dir):
     cached = load_dataset(DataConfig(cache="on"), progress=False)
     assert cached.cache_file is not None and torch.equal(cached.images_uint8, ds.images_uint8)
     assert torch.equal(cached.labels, ds.labels) and cached.class_names == ds.class_names
+
+
+def test_the_cache_command_builds_lists_and_clears(tmp_path, capsys, data_cache_dir, monkeypatch):
+    from ddpmkit.cli import main
+
+    images, _ = _npz(tmp_path / "a.npz")
+    _npz(tmp_path / "b.npz", seed=2)
+    for name in ("a", "b"):
+        argv = ["cache", "build", "--data", str(tmp_path / f"{name}.npz"), "--no-progress"]
+        assert main([*argv, "data.image_size=12", "data.channels=3"]) == 0
+    out = capsys.readouterr().out
+    assert "40 images, 12x12 RGB" in out and str(data_cache_dir) in out
+    assert main(["cache", "list"]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert len(listed) == 2 and all("40 x 3x12x12" in line for line in listed)
+    # the built entry is the one training finds: nothing is decoded again
+    ds = load_dataset(_cfg(tmp_path / "a.npz", cache="on"), progress=False)
+    assert np.array_equal(ds.images_uint8.permute(0, 2, 3, 1).numpy(), images)
+    monkeypatch.chdir(tmp_path)  # a relative path names the same source
+    assert main(["cache", "clear", "a.npz"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert [e.meta["source"] for e in DataCache().entries()] == [str(tmp_path / "b.npz")]
+    assert main(["cache", "clear"]) == 0 and DataCache().entries() == []
+    assert main(["cache", "build", "--data", str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ddpm cache: error: data source")

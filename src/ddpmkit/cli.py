@@ -325,6 +325,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_editing_parsers(sub)
     _add_interop_parsers(sub)
     _add_fid_parser(sub)
+    _add_cache_parser(sub)
     return parser
 
 
@@ -1001,7 +1002,65 @@ def _cmd_fid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache_parser(sub: argparse._SubParsersAction) -> None:
+    """``ddpm cache build|list|clear``: the disk cache of decoded data sets."""
+    cache = sub.add_parser(
+        "cache",
+        help="the disk cache of decoded data sets: build, list, clear",
+        description="Data sets are decoded once into $DDPMKIT_CACHE/data (default "
+        "~/.cache/ddpmkit/data) and memory-mapped afterwards; see data.cache in the README.",
+    )
+    what = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    build = what.add_parser(
+        "build", help="decode a source into the cache now (e.g. before a torchrun job)"
+    )
+    build.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data.* overrides")
+    build.add_argument("--config", metavar="FILE.toml", help="a config file (its data section)")
+    build.add_argument("--data", metavar="digits|PATH|hf:NAME", help="the data source")
+    build.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    what.add_parser("list", help="the entries: source, settings, images, size")
+    clear = what.add_parser("clear", help="remove the entries of some sources (default: all)")
+    clear.add_argument("sources", nargs="*", metavar="SOURCE", help="as given to --data")
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from ddpmkit.config import apply_overrides, load_config_file
+    from ddpmkit.data import DataConfig, load_dataset
+    from ddpmkit.data.cache import DataCache
+
+    cache = DataCache()
+    if args.cache_command == "build":
+        overrides = [*args.overrides, "data.cache=on"]
+        if args.data is not None:
+            overrides.append(f"data.source={args.data}")
+        settings = apply_overrides(load_config_file(args.config) if args.config else {}, overrides)
+        data = DataConfig.from_dict(settings.get("data", {}))
+        dataset = load_dataset(data, progress=not args.no_progress)
+        size = dataset.images_uint8.numel() / 2**20
+        print(f"{dataset.describe()}: {size:.1f} MiB in {dataset.cache_file.parent}")
+        return 0
+    entries = cache.entries()
+    if args.cache_command == "list":
+        if not entries:
+            print(f"the cache {cache.root} is empty")
+        for entry in entries:
+            c, h, w = entry.meta["shape"]
+            print(
+                f"{entry.nbytes / 2**20:10.1f} MiB  {entry.count:>9} x {c}x{h}x{w}  "
+                f"{entry.meta['source']}  ({entry.path.name})"
+            )
+        return 0
+    chosen = [e for e in entries if not args.sources or cache.matches(e, args.sources)]
+    for entry in chosen:
+        cache.remove(entry)
+        print(f"removed {entry.meta['source']} ({entry.nbytes / 2**20:.1f} MiB, {entry.path})")
+    if args.sources and not chosen:
+        print(f"no cache entry of {', '.join(args.sources)} in {cache.root}")
+    return 0
+
+
 COMMANDS = {
+    "cache": _cmd_cache,
     "train": _cmd_train,
     "sample": _cmd_sample,
     "nll": _cmd_nll,

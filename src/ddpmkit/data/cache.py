@@ -184,6 +184,22 @@ class DataCache:
     def remove(self, entry: CacheEntry) -> None:
         shutil.rmtree(entry.path)
 
+    @staticmethod
+    def matches(entry: CacheEntry, sources: list[str]) -> bool:
+        """Whether ``entry`` was decoded from one of ``sources`` (as given to ``--data``: the
+        same string, or a path that resolves to the entry's location)."""
+        meta = entry.meta
+        for source in sources:
+            if source in (meta.get("source"), meta.get("location")):
+                return True
+            head = source.split(":")[0] if not Path(source).exists() else source
+            with contextlib.suppress(OSError):
+                if str(Path(head).expanduser().resolve()) == meta.get("location"):
+                    return True
+            if source.startswith("hf:") and meta.get("location") == source.rsplit(":", 1)[0]:
+                return True
+        return False
+
 
 def _alive(pid: int) -> bool:
     try:
