@@ -88,6 +88,7 @@ def test_every_command_is_listed(capsys):
         "export",
         "import",
         "fid",
+        "cache",
     }
     with pytest.raises(SystemExit) as info:
         main(["--help"])
