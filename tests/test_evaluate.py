@@ -164,7 +164,7 @@ def test_paper_preset_draws_50000_samples_unless_told(tiny_run, tmp_path, capsys
     assert "--n has 100 images" in err and "--n has 50,000" not in err
 
 
-def _tiny_reference(data, extractor, cache_dir=None, progress=True):
+def _tiny_reference(data, extractor, cache_dir=None, progress=True, distributed=False):
     from ddpmkit.evaluate import Reference
     from ddpmkit.metrics.frechet import GaussianStats
 

@@ -567,11 +567,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_features(features)
     extractor = load_extractor(features, weights=args.feature_weights, device=run.device)
     progress = not args.no_progress and rank == 0
-    if rank != 0:  # under torchrun: draw this process's share of the samples, process 0 scores
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    reference = reference_for(data, extractor, cache, progress, distributed)
+    if rank != 0:  # under torchrun: this process's share of samples and features; 0 scores
         evaluate(run, request, extractor, None, args.weights, False, distributed)
         return 0
-    cache = Path(args.cache_dir) if args.cache_dir else None
-    reference = reference_for(data, extractor, cache_dir=cache, progress=progress)
     counts = [("the reference set", len(reference.features))]
     if request.samples is None:
         counts.append(("--n", request.n))

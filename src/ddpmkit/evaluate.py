@@ -96,12 +96,21 @@ def reference_for(
     extractor: FeatureExtractor,
     cache_dir: Path | None = None,
     progress: bool = True,
-) -> Reference:
-    """The data set's features (from the cache when they are there)."""
-    dataset = load_dataset(data, progress=progress)
+    distributed: bool = False,
+) -> Reference | None:
+    """The data set's features (from the cache when they are there). ``distributed``: every
+    process calls this and embeds its share when they must be computed; process 0 gets the
+    reference, the others ``None``."""
+    dataset = load_dataset(data, progress=progress, distributed=distributed)
     features, cached = reference_features(
-        dataset.images_uint8, extractor, cache_dir=cache_dir, progress=progress
+        dataset.images_uint8,
+        extractor,
+        cache_dir=cache_dir,
+        progress=progress,
+        distributed=distributed,
     )
+    if distributed and torch.distributed.get_rank() != 0:
+        return None
     return Reference(features, GaussianStats.of(features), data.source, cached)
 
 
@@ -170,7 +179,7 @@ def evaluate(
     samples are split between them (:func:`generate`) and process 0 scores them (the others
     return a report without rows and may pass ``reference=None``)."""
     if distributed and torch.distributed.get_rank() != 0:
-        _sample_only(run, request, progress)
+        _share_only(run, request, extractor)
         return EvalReport(extractor.name, extractor.fingerprint, {}, run.step, weights, 0.0)
     report = EvalReport(
         features=extractor.name,
@@ -184,7 +193,8 @@ def evaluate(
     )
     if request.samples is not None:
         images = read_samples(Path(request.samples), run.config.data)
-        report.results.append(_row("npz", 0, images, 0.0, extractor, reference, request, progress))
+        row = _row("npz", 0, images, 0.0, extractor, reference, request, progress, distributed)
+        report.results.append(row)
         return report
     data = run.config.data
     shape = (data.channels, data.image_size, data.image_size)
@@ -206,7 +216,9 @@ def evaluate(
         )
         seconds = time.perf_counter() - started
         images = to_uint8(result.images)
-        row = _row(sampler, steps, images, seconds, extractor, reference, request, progress)
+        row = _row(
+            sampler, steps, images, seconds, extractor, reference, request, progress, distributed
+        )
         row.guidance = weight
         if classifier is not None:
             from ddpmkit.metrics.classifier import class_accuracy
@@ -241,12 +253,37 @@ def _sample_requests(run: LoadedRun, request: EvalRequest) -> list[tuple]:
     ]
 
 
-def _sample_only(run: LoadedRun, request: EvalRequest, progress: bool) -> None:
-    """A non-zero process's part of a distributed evaluation: its block of every row's samples."""
+def _share_only(run: LoadedRun, request: EvalRequest, extractor: FeatureExtractor) -> None:
+    """A non-zero process's part of a distributed evaluation, in process 0's order: its block
+    of every row's samples, then its share of their features."""
+    if request.samples is not None:
+        images = read_samples(Path(request.samples), run.config.data)
+        _features(images, extractor, request, False, True)
+        return
     data = run.config.data
     shape = (data.channels, data.image_size, data.image_size)
     for _, _, _, sample_request in _sample_requests(run, request):
-        generate(run.model, run.diffusion, shape, sample_request, run.device, False, True)
+        result = generate(run.model, run.diffusion, shape, sample_request, run.device, False, True)
+        _features(to_uint8(result.images), extractor, request, False, True)
+
+
+def _features(
+    images: torch.Tensor,
+    extractor: FeatureExtractor,
+    request: EvalRequest,
+    progress: bool,
+    distributed: bool,
+) -> np.ndarray:
+    if len(images) < max(2, request.k + 1):
+        raise ConfigError(f"need at least {max(2, request.k + 1)} samples, got {len(images)}")
+    return extract_features(
+        extractor,
+        images,
+        batch_size=request.batch_size,
+        progress=progress,
+        desc="features",
+        distributed=distributed,
+    )
 
 
 def _row(
@@ -258,13 +295,10 @@ def _row(
     reference: Reference,
     request: EvalRequest,
     progress: bool,
+    distributed: bool = False,
 ) -> EvalRow:
-    if len(images) < max(2, request.k + 1):
-        raise ConfigError(f"need at least {max(2, request.k + 1)} samples, got {len(images)}")
     started = time.perf_counter()
-    fake = extract_features(
-        extractor, images, batch_size=request.batch_size, progress=progress, desc="features"
-    )
+    fake = _features(images, extractor, request, progress, distributed)
     fid, kid_mean, kid_std, precision, recall = score(fake, reference, request)
     nfe = function_evaluations(sampler, steps) if sampler != "npz" else 0
     return EvalRow(

@@ -277,11 +277,7 @@ class Trainer:
         one process decodes and the others find the cache; then hold them on the device or
         stream them (``data.hold``), and describe both in ``dataset_description``."""
         data = self.config.data
-        if self.world > 1 and not self.is_main:
-            dist.barrier()  # rank 0 loads first
-        dataset = load_dataset(data, progress=progress and self.is_main)
-        if self.world > 1 and self.is_main:
-            dist.barrier()
+        dataset = load_dataset(data, progress=progress and self.is_main, distributed=True)
         images = dataset.images_uint8
         if len(images) == 0:
             raise DataError(f"data source '{data.source}' holds no images")

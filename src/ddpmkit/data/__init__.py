@@ -205,14 +205,27 @@ def uses_cache(cfg: DataConfig, decoded: DecodedSource) -> bool:
     return memory is not None and 4 * decoded.total * decoded.image_bytes > memory
 
 
-def load_dataset(cfg: DataConfig, *, progress: bool = True) -> ImageDataset:
+def load_dataset(
+    cfg: DataConfig, *, progress: bool = True, distributed: bool = False
+) -> ImageDataset:
     """The images of ``cfg``'s source: from the disk cache (decoded into it first if needed)
     when :func:`uses_cache`, else decoded into memory.
 
+    ``distributed``: every process of the process group calls this; process 0 loads first (and
+    decodes into the cache), the others then find the cache instead of decoding it again.
     Raises :class:`ConfigError` for bad config values and :class:`DataError` for a source that is
     missing, empty or unreadable, or a cache that cannot be written.
     """
-    decoded = open_source(cfg, progress=progress)
-    if uses_cache(cfg, decoded):
-        return DataCache().load(decoded)
-    return collect(decoded)
+    import torch.distributed as dist
+
+    waits = distributed and dist.is_initialized() and dist.get_world_size() > 1
+    if waits and dist.get_rank() != 0:
+        dist.barrier()  # process 0 loads first
+    try:
+        decoded = open_source(cfg, progress=progress)
+        if uses_cache(cfg, decoded):
+            return DataCache().load(decoded)
+        return collect(decoded)
+    finally:
+        if waits and dist.get_rank() == 0:
+            dist.barrier()

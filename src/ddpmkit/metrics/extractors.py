@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from ddpmkit.errors import ConfigError
@@ -418,6 +419,15 @@ def load_extractor(
     return _load_inception(weights, dev)
 
 
+def shard_range(count: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """Process ``rank``'s contiguous share ``[first, last)`` of ``count`` images, made of whole
+    batches of ``batch_size`` (so every batch is the one a single process would form)."""
+    batches = -(-count // batch_size)
+    first = batches * rank // world * batch_size
+    last = batches * (rank + 1) // world * batch_size
+    return min(first, count), min(last, count)
+
+
 def extract_features(
     extractor: FeatureExtractor,
     images: torch.Tensor,
@@ -425,14 +435,26 @@ def extract_features(
     batch_size: int = 500,
     progress: bool = True,
     desc: str = "features",
+    distributed: bool = False,
 ) -> np.ndarray:
     """Features of all ``images`` in batches of ``batch_size``: float64 ``(N, extractor.dims)``.
 
     Runs under ``torch.inference_mode`` with a tqdm bar (``progress``) counting images.
+    ``distributed``: every process of the process group calls this with the same images; each
+    embeds its share (:func:`shard_range`) and all receive all features, equal to one process's.
     """
     check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if distributed and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        first, last = shard_range(len(images), batch_size, dist.get_rank(), world)
+        share = extract_features(
+            extractor, images[first:last], batch_size=batch_size, progress=progress, desc=desc
+        )
+        shares: list[np.ndarray | None] = [None] * world
+        dist.all_gather_object(shares, share)
+        return np.concatenate(shares)
     n = int(images.shape[0])
     out = np.empty((n, extractor.dims), dtype=np.float64)
     with (

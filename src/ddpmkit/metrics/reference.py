@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ddpmkit.cache_home import cache_home
 from ddpmkit.fileio import atomic_write_bytes
@@ -39,28 +40,55 @@ def cache_path(images: torch.Tensor, extractor: FeatureExtractor, cache_dir: Pat
     return cache_dir / "reference" / name
 
 
+def _cached(path: Path, count: int, dims: int) -> np.ndarray | None:
+    if path.is_file():
+        try:
+            with np.load(path) as stored:
+                features = stored["features"]
+            if features.shape[0] == count and features.shape[1] == dims:
+                return features.astype(np.float64)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache entry: recompute and overwrite it
+    return None
+
+
 def reference_features(
     images: torch.Tensor,
     extractor: FeatureExtractor,
     cache_dir: Path | None = None,
     batch_size: int = 500,
     progress: bool = True,
+    distributed: bool = False,
 ) -> tuple[np.ndarray, bool]:
     """Features of ``images`` (uint8 NCHW), from the cache when present. Returns the (N, D)
     float64 features and whether they came from the cache. ``cache_dir=None`` uses
-    :func:`default_cache_dir`; a cache that cannot be written is skipped with no error."""
+    :func:`default_cache_dir`; a cache that cannot be written is skipped with no error.
+
+    ``distributed``: every process of the process group calls this; process 0 looks in the
+    cache and tells the others, and when the features must be computed every process embeds
+    its share of the images (:func:`extract_features`); process 0 writes the cache and gets the
+    features, the others an empty ``(0, D)`` array."""
     path = cache_path(images, extractor, cache_dir or default_cache_dir())
-    if path.is_file():
-        try:
-            with np.load(path) as stored:
-                features = stored["features"]
-            if features.shape[0] == len(images) and features.shape[1] == extractor.dims:
-                return features.astype(np.float64), True
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable cache entry: recompute and overwrite it
+    sharded = distributed and dist.is_initialized() and dist.get_world_size() > 1
+    main = not sharded or dist.get_rank() == 0
+    features = _cached(path, len(images), extractor.dims) if main else None
+    if sharded:
+        found = [features is not None]
+        dist.broadcast_object_list(found, src=0)
+        if found[0]:
+            return (features if main else np.zeros((0, extractor.dims))), True
+    elif features is not None:
+        return features, True
     features = extract_features(
-        extractor, images, batch_size=batch_size, progress=progress, desc="reference features"
+        extractor,
+        images,
+        batch_size=batch_size,
+        progress=progress,
+        desc="reference features",
+        distributed=sharded,
     )
+    if not main:
+        return np.zeros((0, extractor.dims)), False
     buffer = io.BytesIO()
     np.savez(buffer, features=features.astype(np.float32))
     try:

@@ -1,0 +1,120 @@
+"""Feature extraction split between processes (``torchrun ... ddpm eval``): each process embeds
+its share of whole batches, and everyone gets the features one process computes alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from ddpmkit.cli import main
+from ddpmkit.metrics.extractors import shard_range
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+@pytest.mark.parametrize(("count", "batch"), [(24, 5), (7, 2), (10, 10), (3, 4)])
+def test_shards_are_whole_batches_that_cover_every_image_once(count, batch, world):
+    ranges = [shard_range(count, batch, rank, world) for rank in range(world)]
+    covered = [i for first, last in ranges for i in range(first, last)]
+    assert covered == list(range(count))
+    for first, last in ranges:
+        assert first % batch == 0 or first == count
+        assert (last - first) % batch == 0 or last == count
+
+
+class _Recorder:
+    """A stand-in extractor: feature = (mean pixel, batch size it came in); records batches."""
+
+    name, fingerprint, dims = "recorder", "0", 2
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.extend(images[:, 0, 0, 0].tolist())
+        mean = images.double().mean(dim=(1, 2, 3))
+        return torch.stack([mean, torch.full_like(mean, len(images))], dim=1)
+
+
+def _images(n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+
+
+def _extract_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from ddpmkit.metrics.extractors import extract_features
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    recorder = _Recorder()
+    features = extract_features(
+        recorder, _images(23), batch_size=4, progress=False, distributed=True
+    )
+    np.save(f"{out}-{rank}-features.npy", features)
+    np.save(f"{out}-{rank}-seen.npy", np.asarray(recorder.seen))
+    dist.destroy_process_group()
+
+
+def test_two_processes_embed_half_the_images_each_and_both_get_all_features(tmp_path):
+    import torch.multiprocessing as mp
+
+    from ddpmkit.metrics.extractors import extract_features
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = str(tmp_path / "r")
+    context = mp.start_processes(
+        _extract_rank, args=(2, port, out), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a process hung")
+    alone = extract_features(_Recorder(), _images(23), batch_size=4, progress=False)
+    seen = [np.load(f"{out}-{rank}-seen.npy").tolist() for rank in range(2)]
+    assert seen == [list(range(12)), list(range(12, 23))]  # 6 batches: 3 each, whole batches
+    for rank in range(2):
+        assert np.array_equal(np.load(f"{out}-{rank}-features.npy"), alone)
+
+
+def test_torchrun_eval_shards_samples_and_reference_features(shapes_npz, tmp_path):
+    """The reference features are computed by the two processes (each its share) and cached;
+    the file and the scores equal those of one process."""
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--no-progress", *tiny_overrides(shapes_npz)]) == 0
+    argv = ["eval", str(run), "--num-samples", "24", "--sampler", "ddim", "--steps", "3"]
+    argv += ["--batch", "5", "--features", "digits", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for name, launcher in (
+        ("one", [sys.executable, "-m", "ddpmkit.cli"]),
+        (
+            "two",
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+            + ["2", "-m", "ddpmkit.cli"],
+        ),
+    ):
+        out = tmp_path / f"{name}.json"
+        cmd = [*launcher, *argv, "--cache-dir", str(tmp_path / name), "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[name] = json.loads(out.read_text())["results"][0]
+    for key in ("fid", "kid_mean", "precision", "recall", "n"):
+        assert results["two"][key] == results["one"][key], key
+    files = {name: sorted((tmp_path / name / "reference").glob("*.npz")) for name in results}
+    assert len(files["one"]) == len(files["two"]) == 1
+    assert files["one"][0].name == files["two"][0].name
+    with np.load(files["one"][0]) as a, np.load(files["two"][0]) as b:
+        assert np.array_equal(a["features"], b["features"])
