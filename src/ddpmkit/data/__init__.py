@@ -1,12 +1,16 @@
 """Image data sets: scikit-learn's digits, an image folder, a ``.npz`` array, CIFAR-10/100 as
 distributed, or a Hugging Face data set (``hf:NAME[:SPLIT]``).
 
-Every source is decoded once, up front, into one uint8 tensor ``(N, C, H, W)`` held in memory
-(``ImageDataset.images_uint8``), with the class labels of sources that have them
-(``ImageDataset.labels``, ``ImageDataset.class_names``); items come out as float32
-``(C, H, W)`` in [-1, 1] (``x / 127.5 - 1``). :func:`to_uint8` is the exact inverse on the 256
-levels. One module per source (:mod:`.digits`, :mod:`.folder`, :mod:`.npz`, :mod:`.cifar`,
-:mod:`.hf`); decoding and resampling are shared (:mod:`.imaging`).
+Every source opens as a :class:`~ddpmkit.data.decoded.DecodedSource` that decodes part by part
+(:func:`open_source`); :func:`load_dataset` gathers the parts into one uint8 tensor
+``(N, C, H, W)`` in memory, or writes them once into the disk cache (:mod:`.cache`) and maps
+them, so a source larger than memory is never held whole. Either way the result is an
+``ImageDataset`` (``images_uint8``, with the class labels of sources that have them:
+``labels``, ``class_names``); items come out as float32 ``(C, H, W)`` in [-1, 1]
+(``x / 127.5 - 1``). :func:`to_uint8` is the exact inverse on the 256 levels. One module per
+source (:mod:`.digits`, :mod:`.folder`, :mod:`.npz`, :mod:`.cifar`, :mod:`.hf`); decoding and
+resampling are shared (:mod:`.imaging`); the order of training batches and where they are read
+from is :mod:`.loader`.
 
 Resampling (one rule for every source):
 

@@ -1,4 +1,5 @@
-"""The data config, the in-memory :class:`ImageDataset`, uint8 scaling and flips."""
+"""The data config, :class:`ImageDataset` (images in memory or memory-mapped from the cache),
+uint8 scaling and flips."""
 
 from __future__ import annotations
 
@@ -228,7 +229,8 @@ def checked_labels(values: Any, count: int, where: str) -> torch.Tensor:
 
 
 class ImageDataset(Dataset):
-    """Images held in memory as one uint8 tensor ``images_uint8`` of shape ``(N, C, H, W)``.
+    """Images as one uint8 tensor ``images_uint8`` of shape ``(N, C, H, W)``, in memory or
+    memory-mapped from a disk-cache entry (``cache_file``, with its ``cache_meta``).
 
     ``dataset[i]`` is the float32 ``(C, H, W)`` image in [-1, 1]. ``labels`` is an int64 tensor
     ``(N,)`` when the source has class labels (digits, class subfolders, an ``hf:`` ClassLabel,
