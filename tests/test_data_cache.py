@@ -321,3 +321,34 @@ def test_the_cache_command_builds_lists_and_clears(tmp_path, capsys, data_cache_
     assert main(["cache", "build", "--data", str(tmp_path / "missing.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ddpm cache: error: data source")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"count": None},
+        {"count": 10**12},
+        {"shape": "abc"},
+        {"shape": [3, 12]},
+        {"source": 7},
+        {"class_names": [1, 2]},
+        {"labelled": "yes"},
+        {"format": 99},
+    ],
+)
+def test_a_tampered_meta_is_rebuilt_never_a_traceback(tmp_path, damage, capsys):
+    from ddpmkit.cli import main
+
+    images, labels = _npz(tmp_path / "a.npz")
+    ds = load_dataset(_cfg(tmp_path / "a.npz", cache="on"), progress=False)
+    meta_path = ds.cache_file.parent / "meta.json"
+    del ds
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, **damage}))
+    assert main(["cache", "list"]) == 0  # a bad entry is left out of the listing
+    assert capsys.readouterr().out.startswith("the cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = load_dataset(_cfg(tmp_path / "a.npz", cache="on"), progress=False)
+    assert np.array_equal(again.images_uint8.permute(0, 2, 3, 1).numpy(), images)
+    assert np.array_equal(again.labels.numpy(), labels)

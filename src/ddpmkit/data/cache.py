@@ -100,7 +100,8 @@ class DataCache:
 
     # ------------------------------------------------------------------ reading
     def entries(self) -> list[CacheEntry]:
-        """Every complete entry, oldest first."""
+        """Every complete, intact entry (well-formed meta, images of the size it says), oldest
+        first."""
         found = []
         if not self.root.is_dir():
             return found
@@ -108,8 +109,12 @@ class DataCache:
             if _TMP in path.name or not path.is_dir():
                 continue
             meta = _read_meta(path)
-            if meta is not None:
-                found.append(CacheEntry(path, meta))
+            if meta is None:
+                continue
+            entry = CacheEntry(path, meta)
+            with contextlib.suppress(OSError):
+                if entry.images_file.stat().st_size == entry.nbytes:
+                    found.append(entry)
         return sorted(found, key=lambda e: e.meta.get("created", 0))
 
     def open(self, decoded: DecodedSource) -> ImageDataset | None:
@@ -123,7 +128,7 @@ class DataCache:
             if meta is None:
                 raise ValueError("meta.json is missing or unreadable")
             return _mapped(CacheEntry(path, meta))
-        except (ValueError, OSError, DataError) as e:
+        except (ValueError, TypeError, KeyError, OSError, DataError) as e:
             warnings.warn(f"the cache entry {path} is damaged ({e}); decoding again", stacklevel=3)
             shutil.rmtree(path, ignore_errors=True)
             return None
@@ -257,11 +262,31 @@ def _write_entry(folder: Path, decoded: DecodedSource) -> dict[str, Any]:
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:
+    """``meta.json`` of an entry when it is well formed (else ``None``: the entry is ignored
+    by listings and rebuilt when asked for)."""
     with contextlib.suppress(OSError, ValueError):
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT:
+        if _well_formed(meta):
             return meta
     return None
+
+
+def _well_formed(meta: Any) -> bool:
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    names = meta.get("class_names") if isinstance(meta, dict) else None
+    return (
+        isinstance(meta, dict)
+        and meta.get("format") == CACHE_FORMAT
+        and whole(meta.get("count"))
+        and isinstance(meta.get("shape"), list)
+        and len(meta["shape"]) == 3
+        and all(whole(v) for v in meta["shape"])
+        and all(isinstance(meta.get(k), str) for k in ("source", "kind"))
+        and isinstance(meta.get("labelled"), bool)
+        and (names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names)))
+    )
 
 
 def _mapped(entry: CacheEntry) -> ImageDataset:
