@@ -53,8 +53,7 @@ def make_state(config, steps=3, seed=0) -> TrainState:
         ema=ema,
         optimizer=optimizer,
         timestep_sampler=None,
-        data_gen=torch.Generator().manual_seed(seed),
-        noise_gen=torch.Generator().manual_seed(seed + 1),
+        seed=seed,
         device=torch.device("cpu"),
         step=steps,
         elapsed_s=1.5,
@@ -142,14 +141,13 @@ def test_saving_a_step_again_replaces_it(tmp_path, config):
 def test_optimizer_and_generators_round_trip_without_pickle(tmp_path, config):
     run = new_run(tmp_path, config)
     state = make_state(config, steps=3)
-    torch.rand(5, generator=state.data_gen)  # move the streams somewhere particular
-    state.order, state.cursor = torch.randperm(20, generator=state.data_gen), 7
+    torch.manual_seed(2)
+    torch.rand(5)  # move the streams somewhere particular
+    state.order, state.cursor = torch.randperm(20), 7
     np.random.seed(3)
     random.seed(4)
     save(run, state)
     expected = (
-        torch.rand(3, generator=state.data_gen),
-        torch.rand(3, generator=state.noise_gen),
         torch.rand(3),
         np.random.rand(3),
         random.random(),
@@ -157,7 +155,7 @@ def test_optimizer_and_generators_round_trip_without_pickle(tmp_path, config):
     # the file is plain safetensors: named tensors, metadata as JSON
     folder = run.checkpoint_path(3)
     train = load_file(str(folder / "train_state.safetensors"))
-    assert {"rank0.rng.data", "rank0.rng.noise", "rank0.rng.torch", "rank0.rng.numpy"} <= set(train)
+    assert {"rank0.rng.torch", "rank0.rng.numpy", "rank0.rng.python"} <= set(train)
 
     fresh = make_state(config, steps=0, seed=9)
     torch.manual_seed(123)
@@ -165,11 +163,9 @@ def test_optimizer_and_generators_round_trip_without_pickle(tmp_path, config):
     random.seed(0)
     fresh.load_state_dict(run.load_checkpoint())
     assert fresh.step == 3 and fresh.cursor == 7 and torch.equal(fresh.order, state.order)
-    assert torch.equal(torch.rand(3, generator=fresh.data_gen), expected[0])
-    assert torch.equal(torch.rand(3, generator=fresh.noise_gen), expected[1])
-    assert torch.equal(torch.rand(3), expected[2])
-    assert np.array_equal(np.random.rand(3), expected[3])
-    assert random.random() == expected[4]
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
 
     original, loaded = state.optimizer.state_dict(), fresh.optimizer.state_dict()
     assert loaded["param_groups"] == original["param_groups"]  # lr, betas, eps, ...
@@ -196,7 +192,7 @@ def test_another_world_size_reseeds_every_rank_distinctly(tmp_path, config):
         fresh = make_state(config, steps=0)
         fresh.load_state_dict(checkpoint, rank=rank, world_size=2)
         assert fresh.step == 3 and fresh.cursor == 0 and len(fresh.order) == 0
-        draws.append(torch.rand(4, generator=fresh.data_gen))
+        draws.append(torch.rand(4))
     assert not torch.equal(draws[0], draws[1])
 
 
@@ -416,8 +412,8 @@ def write_flat_run(folder: Path, config, state: TrainState, cursor: int) -> None
     save_file(dict(state.model.state_dict()), str(folder / "model.safetensors"), meta)
     save_file(dict(state.ema.state_dict()), str(folder / "ema.safetensors"), meta)
     parts = [
-        state.data_gen.get_state(),
-        state.noise_gen.get_state(),
+        torch.Generator().manual_seed(11).get_state(),  # 0.1's data and noise generators
+        torch.Generator().manual_seed(12).get_state(),
         torch.get_rng_state(),
         state.order.to(torch.int64).view(torch.uint8),
     ]
@@ -431,16 +427,17 @@ def write_flat_run(folder: Path, config, state: TrainState, cursor: int) -> None
 def test_a_run_directory_of_version_0_1_still_loads_and_resumes(tmp_path, config):
     state = make_state(config, steps=3)
     state.order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
-    torch.rand(4, generator=state.data_gen)
+    torch.manual_seed(4)
     write_flat_run(tmp_path / "old", config, state, cursor=4)
-    expected = torch.rand(3, generator=state.data_gen)
+    expected = torch.rand(3)  # the global stream continues from the packed state
     loaded = load_run(tmp_path / "old", device="cpu")
     assert loaded.step == 3
     assert_same_state(loaded.model, state.ema)
     fresh = make_state(config, steps=0, seed=7)
+    torch.manual_seed(99)
     fresh.load_state_dict(RunDir(tmp_path / "old").load_checkpoint())
     assert fresh.step == 3 and fresh.cursor == 4 and torch.equal(fresh.order, state.order)
-    assert torch.equal(torch.rand(3, generator=fresh.data_gen), expected)
+    assert torch.equal(torch.rand(3), expected)
     assert_same_state(fresh.model, state.model)
     # a 0.1 file of another step than its state.json: one clear line
     meta = {"step": "4"}

@@ -2,7 +2,9 @@
 
 The model, its EMA, the optimizer, the step count and training time, the importance sampler of t,
 the epoch's permutation of the data with the position in it, and every random number generator
-(the data and noise generators, torch's global generators, numpy's and Python's), per process. A
+(torch's global generators, numpy's and Python's), per process. The draws of a training batch
+(t, ε, flips, dropped labels) need no saved generator: they are keyed by the step
+(:mod:`ddpmkit.batch_draws`). A
 checkpoint is ``state_dict()`` taken between two steps; ``load_state_dict`` of it continues the
 run exactly as if it had never stopped. Tensors are named, metadata is JSON: no pickle.
 """
@@ -105,8 +107,7 @@ class TrainState:
     ema: torch.nn.Module
     optimizer: torch.optim.Optimizer
     timestep_sampler: UniformSampler | None
-    data_gen: torch.Generator
-    noise_gen: torch.Generator
+    seed: int  # train.seed: the base of the streams of a process whose saved state is missing
     device: torch.device
     step: int = 0
     elapsed_s: float = 0.0
@@ -122,8 +123,6 @@ class TrainState:
         np_state = np.random.get_state()
         py_version, py_internal, py_gauss = random.getstate()
         tensors = {
-            "rng.data": self.data_gen.get_state(),
-            "rng.noise": self.noise_gen.get_state().cpu(),
             "rng.torch": _global_generator_state(self.device).cpu(),
             "rng.numpy": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
             "rng.python": torch.tensor(py_internal, dtype=torch.int64),
@@ -142,11 +141,9 @@ class TrainState:
 
     def load_rank_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Restore what :meth:`rank_state` saved. Generator states of another device kind (a run
-        moved between CPU and GPU) do not fit: those streams restart from the seed."""
-        self.data_gen.set_state(tensors["rng.data"])
-        noise = tensors["rng.noise"]
-        if noise.numel() == self.noise_gen.get_state().numel():
-            self.noise_gen.set_state(noise)
+        moved between CPU and GPU) do not fit: those streams restart from the seed. The data and
+        noise generators of checkpoints written before 0.3 (``rng.data``, ``rng.noise``) are no
+        longer used."""
         torch_state = tensors.get("rng.torch")
         if torch_state is not None and meta.get("device", self.device.type) == self.device.type:
             if torch_state.numel() == _global_generator_state(self.device).numel():
@@ -235,21 +232,20 @@ class TrainState:
         prefix = f"rank{rank}."
         if int(checkpoint.state.get("world_size", 1)) == world_size and rank < len(ranks):
             mine = {k.removeprefix(prefix): v for k, v in train.items() if k.startswith(prefix)}
-            if "rng.data" in mine:
+            if any(k.startswith("rng.") for k in mine):
                 self.load_rank_state(mine, ranks[rank])
                 return
         self.reseed(rank)
-        # another world size: every process starts the epoch after the latest one begun
-        self.epoch = 1 + max(
-            (int(r.get("epoch", 0)) for r in ranks if isinstance(r, dict)), default=0
-        )
+        # another world size: every process starts the epoch after the latest one begun (the
+        # saved counters count the epochs begun, i.e. they name the next epoch)
+        self.epoch = max((int(r.get("epoch", 0)) for r in ranks if isinstance(r, dict)), default=0)
 
     def reseed(self, rank: int) -> None:
         """Fresh, distinct streams for a process whose saved state does not exist (another
-        world size): derived from the data generator's seed, the rank and the step."""
-        seed = (self.data_gen.initial_seed() * 1_000_003 + rank) * 1_000_003 + self.step
+        world size): derived from ``train.seed``, the rank and the step."""
+        seed = (self.seed * 1_000_003 + rank) * 1_000_003 + self.step
         seed %= 2**63
-        self.data_gen.manual_seed(seed)
-        self.noise_gen.manual_seed(seed)
         torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
         self.order, self.cursor = torch.empty(0, dtype=torch.long), 0

@@ -26,8 +26,9 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ddpmkit.batch_draws import BatchDraws, draw_batch, global_rows
 from ddpmkit.config import RunConfig
-from ddpmkit.data import ImageDataset, from_uint8, load_dataset, random_hflip
+from ddpmkit.data import ImageDataset, from_uint8, load_dataset
 from ddpmkit.data.loader import (
     DeviceBatches,
     Position,
@@ -247,8 +248,7 @@ class Trainer:
             timestep_sampler=None
             if tc.timestep_sampler == "uniform"
             else make_timestep_sampler(tc.timestep_sampler, self.diffusion.num_steps),
-            data_gen=torch.Generator().manual_seed(stream_seed),
-            noise_gen=torch.Generator(device=self.device).manual_seed(stream_seed),
+            seed=tc.seed,
             device=self.device,
         )
         if checkpoint is not None:
@@ -349,13 +349,12 @@ class Trainer:
         return self.state.optimizer
 
     # ------------------------------------------------------------------ one step
-    def _next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``size`` images of a fresh random permutation per epoch, scaled to [-1, 1], and their
-        labels for a conditional run, ``train.label_dropout`` of them replaced by the null
-        class (Ho & Salimans 2022, Algorithm 1)."""
-        state = self.state
+    def _next_batch(self, size: int, draws: BatchDraws) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``size`` images of a fresh random permutation per epoch, scaled to [-1, 1] and
+        flipped where ``draws`` say, and their labels for a conditional run, those that
+        ``draws`` drop replaced by the null class (Ho & Salimans 2022, Algorithm 1)."""
         index = next_indices(
-            state,
+            self.state,
             size,
             seed=self.config.train.seed,
             count=self.data_count,
@@ -364,12 +363,12 @@ class Trainer:
         )
         batch = from_uint8(self.batches.fetch(index))
         if self.config.data.random_flip:
-            batch = random_hflip(batch, state.data_gen)
+            flip = draws.flip.to(batch.device).view(-1, 1, 1, 1)
+            batch = torch.where(flip, batch.flip(-1), batch)
         if self.labels is None:
             return batch, None
         labels = self.labels[index.to(self.labels.device)]
-        drop = torch.rand(size, generator=state.data_gen) < self.config.train.label_dropout
-        labels[drop.to(labels.device)] = self.config.model.num_classes  # the null class
+        labels[draws.drop_label.to(labels.device)] = self.config.model.num_classes  # null class
         return batch, labels
 
     def _forward_backward(self, autocast: bool) -> tuple[float, float, torch.Tensor, torch.Tensor]:
@@ -379,17 +378,26 @@ class Trainer:
         micro = tc.batch_size // self.world // tc.grad_accum
         state.optimizer.zero_grad(set_to_none=True)
         loss, ts, losses = 0.0, [], []
+        data = self.config.data
         for index in range(tc.grad_accum):
-            x0, labels = self._next_batch(micro)
+            draws = draw_batch(
+                seed=tc.seed,
+                attempt=state.step + state.skipped_steps,
+                rows=global_rows(index, tc.grad_accum, tc.batch_size, self.rank, self.world),
+                batch_size=tc.batch_size,
+                image_shape=(data.channels, data.image_size, data.image_size),
+                num_steps=self.diffusion.num_steps,
+                device=self.device,
+                timestep_sampler=state.timestep_sampler,
+                label_dropout=tc.label_dropout if self.labels is not None else 0.0,
+            )
+            x0, labels = self._next_batch(micro, draws)
             model = self.train_model
             if labels is not None:
 
                 def model(x_t, t, _labels=labels):
                     return self.train_model(x_t, t, _labels)
 
-            t, weights = None, None
-            if state.timestep_sampler is not None:
-                t, weights = state.timestep_sampler.sample(micro, self.device, state.noise_gen)
             last = index == tc.grad_accum - 1
             # under DDP, gradients are all-reduced once per step, on the last micro-batch only
             # (DDP decides in the forward pass, so no_sync covers forward and backward)
@@ -399,7 +407,7 @@ class Trainer:
             with sync:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                     out = self.diffusion.training_loss(
-                        model, x0, t=t, generator=state.noise_gen, weights=weights
+                        model, x0, t=draws.t, noise=draws.noise, weights=draws.weights
                     )
                 (out.loss / tc.grad_accum).backward()
             loss += out.loss.item() / tc.grad_accum
