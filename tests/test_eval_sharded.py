@@ -16,7 +16,7 @@ import torch
 
 from conftest import tiny_overrides
 from ddpmkit.cli import main
-from ddpmkit.metrics.extractors import shard_range
+from ddpmkit.sharding import shard_range
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
@@ -118,3 +118,51 @@ def test_torchrun_eval_shards_samples_and_reference_features(shapes_npz, tmp_pat
     assert files["one"][0].name == files["two"][0].name
     with np.load(files["one"][0]) as a, np.load(files["two"][0]) as b:
         assert np.array_equal(a["features"], b["features"])
+
+
+def test_torchrun_nll_shards_the_images_and_reports_the_bound_of_one_process(shapes_npz, tmp_path):
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        shapes_npz, "train.steps=2", "diffusion.schedule=cosine", "diffusion.num_steps=20"
+    )
+    assert main(["train", "--out", str(run), "--no-progress", *overrides]) == 0
+    argv = ["nll", str(run), "--num-samples", "40", "--batch", "8", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reports = {}
+    for name, launcher in (
+        ("one", [sys.executable, "-m", "ddpmkit.cli"]),
+        (
+            "two",
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+            + ["2", "-m", "ddpmkit.cli"],
+        ),
+    ):
+        out = tmp_path / f"{name}.json"
+        done = subprocess.run(
+            [*launcher, *argv, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        reports[name] = json.loads(out.read_text())
+    assert reports["two"] == reports["one"] and reports["one"]["n"] == 40
+
+
+def test_the_bound_of_an_image_does_not_depend_on_the_batch_it_is_in(shapes_npz, tmp_path):
+    from ddpmkit.generate import load_run
+    from ddpmkit.nll import evaluate_nll
+
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        shapes_npz, "train.steps=2", "diffusion.schedule=cosine", "diffusion.num_steps=20"
+    )
+    assert main(["train", "--out", str(run), "--no-progress", *overrides]) == 0
+    loaded = load_run(run, device="cpu")
+    a = evaluate_nll(loaded, n=12, batch_size=12, seed=3, progress=False)
+    b = evaluate_nll(loaded, n=12, batch_size=5, seed=3, progress=False)
+    c = evaluate_nll(loaded, n=12, batch_size=12, seed=4, progress=False)
+    # the same noise: equal up to the float32 rounding of other batch shapes (~1e-9)
+    assert abs(a.bits_per_dim - b.bits_per_dim) < 1e-7 * a.bits_per_dim
+    assert abs(a.bits_per_dim - c.bits_per_dim) > 1e-4 * a.bits_per_dim  # other noise

@@ -147,7 +147,13 @@ def _build_parser() -> argparse.ArgumentParser:
     nll.add_argument(
         "--data", metavar="digits|PATH|hf:NAME", help="data source (default: the run's)"
     )
-    nll.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
+    nll.add_argument(
+        "--n",
+        "--num-samples",
+        type=int,
+        default=1000,
+        help="number of images (default 1000); under torchrun write --num-samples",
+    )
     nll.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     nll.add_argument("--seed", type=int, default=0, help="seed for the subset and noise")
     nll.add_argument("--out", metavar="FILE.json", help="JSON path (default RUN_DIR/nll.json)")
@@ -470,13 +476,17 @@ def _cmd_nll(args: argparse.Namespace) -> int:
 
     _positive(args.n, "--n")
     _positive(args.batch, "--batch")
-    run = load_run(args.run_dir, weights=args.weights, device=args.device, step=args.step)
+    distributed, rank, device = _eval_processes(args.device)
+    run = load_run(args.run_dir, weights=args.weights, device=device, step=args.step)
     data = run.config.data
     if args.data is not None:
         data = dataclasses.replace(data, source=args.data, random_flip=False)
+    progress = not args.no_progress and rank == 0
     report = evaluate_nll(
-        run, data, n=args.n, batch_size=args.batch, seed=args.seed, progress=not args.no_progress
+        run, data, args.n, args.batch, args.seed, progress=progress, distributed=distributed
     )
+    if rank != 0:  # under torchrun: each process bounds its share; process 0 reports
+        return 0
     path = write_report(report, args.out or Path(args.run_dir) / NLL_FILE)
     print(report.summary())
     print(f"wrote {path}")
@@ -496,8 +506,8 @@ def _int_list(text: str | None, name: str) -> list[int | None]:
 
 
 def _eval_processes(device: str) -> tuple[bool, int, str]:
-    """(distributed, rank, device) of ``ddpm eval``: under ``torchrun`` the processes split the
-    samples between them (one GPU each), process 0 scores and writes."""
+    """(distributed, rank, device) of ``ddpm eval`` and ``ddpm nll``: under ``torchrun`` the
+    processes split the work between them (one GPU each), process 0 reports and writes."""
     import os
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -14,6 +14,8 @@ from ddpmkit.data import DataConfig, from_uint8, load_dataset
 from ddpmkit.errors import ConfigError
 from ddpmkit.generate import LoadedRun
 from ddpmkit.rundir import RunDir
+from ddpmkit.seeding import PerSampleGenerator
+from ddpmkit.sharding import gather_shares, process_group, shard_range
 
 
 @dataclass
@@ -49,9 +51,14 @@ def evaluate_nll(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    distributed: bool = False,
 ) -> NLLReport:
     """The bound of ``n`` images drawn without replacement (seeded) from ``data`` (default: the
-    run's own data), each term at a fresh q(x_t|x_0) sample."""
+    run's own data), each term at a fresh q(x_t|x_0) sample. Image i (of the seeded order) draws
+    its noise from its own generator, seeded from (``seed``, i), so its bound does not depend on
+    the batch size. ``distributed``: every process of the process group calls this; each bounds
+    its share of whole batches (:func:`~ddpmkit.sharding.shard_range`) and all get the report
+    one process computes alone."""
     if n < 1 or batch_size < 1:
         raise ConfigError("--n and --batch must be >= 1")
     data = data or run.config.data
@@ -60,30 +67,34 @@ def evaluate_nll(
             f"the data must be {run.config.data.image_size}x{run.config.data.image_size} with "
             f"{run.config.data.channels} channel(s), as the model was trained"
         )
-    dataset = load_dataset(data, progress=progress)
+    dataset = load_dataset(data, progress=progress, distributed=distributed)
     images = dataset.images_uint8
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    chosen = images[order[: min(n, len(images))]]
-    generator = torch.Generator(device=run.device).manual_seed(seed)
-    totals, priors, decoders, kls = [], [], [], []
-    bar = tqdm(total=len(chosen), desc="NLL", unit="img", disable=not progress)
-    for start in range(0, len(chosen), batch_size):
-        x0 = from_uint8(chosen[start : start + batch_size]).to(run.device)
+    count = min(n, len(images))
+    group = process_group() if distributed else None
+    first, last = shard_range(count, batch_size, *group) if group else (0, count)
+    terms = []  # per image: total, prior, decoder, KL sum
+    bar = tqdm(total=last - first, desc="NLL", unit="img", disable=not progress)
+    for start in range(first, last, batch_size):
+        stop = min(start + batch_size, last)
+        x0 = from_uint8(images[order[start:stop]]).to(run.device)
+        generator = PerSampleGenerator.for_samples(seed, range(start, stop), run.device)
         bound = run.diffusion.nll(run.model, x0, generator=generator, progress=progress)
-        totals.append(bound.total.cpu())
-        priors.append(bound.prior.cpu())
-        decoders.append(bound.decoder.cpu())
-        kls.append(bound.kl_sum.cpu())
-        bar.update(len(x0))
+        parts = (bound.total, bound.prior, bound.decoder, bound.kl_sum)
+        terms.append(torch.stack([p.double().cpu() for p in parts], dim=1))
+        bar.update(stop - start)
     bar.close()
-    total = torch.cat(totals)
+    mine = torch.cat(terms) if terms else torch.zeros(0, 4, dtype=torch.float64)
+    per_image = torch.cat(gather_shares(mine)) if group else mine
+    total = per_image[:, 0]
     std = total.std().item() if len(total) > 1 else float("nan")
+    prior, decoder, kl_sum = per_image[:, 1:].mean(dim=0).tolist()
     return NLLReport(
         bits_per_dim=total.mean().item(),
         ci95=1.96 * std / math.sqrt(len(total)),
-        prior=torch.cat(priors).mean().item(),
-        decoder=torch.cat(decoders).mean().item(),
-        kl_sum=torch.cat(kls).mean().item(),
+        prior=prior,
+        decoder=decoder,
+        kl_sum=kl_sum,
         n=len(total),
         num_steps=run.diffusion.num_steps,
         source=data.source,

@@ -35,11 +35,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ddpmkit.errors import ConfigError
 from ddpmkit.metrics.digits_cnn import PREPROCESS_VERSION, DigitsCNN, preprocess
+from ddpmkit.sharding import gather_shares, process_group, shard_range
 
 __all__ = [
     "DIGITS_WEIGHTS_PATH",
@@ -419,15 +419,6 @@ def load_extractor(
     return _load_inception(weights, dev)
 
 
-def shard_range(count: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
-    """Process ``rank``'s contiguous share ``[first, last)`` of ``count`` images, made of whole
-    batches of ``batch_size`` (so every batch is the one a single process would form)."""
-    batches = -(-count // batch_size)
-    first = batches * rank // world * batch_size
-    last = batches * (rank + 1) // world * batch_size
-    return min(first, count), min(last, count)
-
-
 def extract_features(
     extractor: FeatureExtractor,
     images: torch.Tensor,
@@ -441,20 +432,19 @@ def extract_features(
 
     Runs under ``torch.inference_mode`` with a tqdm bar (``progress``) counting images.
     ``distributed``: every process of the process group calls this with the same images; each
-    embeds its share (:func:`shard_range`) and all receive all features, equal to one process's.
+    embeds its share (:func:`~ddpmkit.sharding.shard_range`) and all receive all features,
+    equal to one process's.
     """
     check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if distributed and dist.is_initialized() and dist.get_world_size() > 1:
-        world = dist.get_world_size()
-        first, last = shard_range(len(images), batch_size, dist.get_rank(), world)
+    group = process_group() if distributed else None
+    if group is not None:
+        first, last = shard_range(len(images), batch_size, *group)
         share = extract_features(
             extractor, images[first:last], batch_size=batch_size, progress=progress, desc=desc
         )
-        shares: list[np.ndarray | None] = [None] * world
-        dist.all_gather_object(shares, share)
-        return np.concatenate(shares)
+        return np.concatenate(gather_shares(share))
     n = int(images.shape[0])
     out = np.empty((n, extractor.dims), dtype=np.float64)
     with (

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from ddpmkit.cache_home import cache_home
 from ddpmkit.fileio import atomic_write_bytes
 from ddpmkit.metrics.extractors import FeatureExtractor, extract_features
+from ddpmkit.sharding import process_group
 
 
 def default_cache_dir() -> Path:
@@ -69,7 +70,7 @@ def reference_features(
     its share of the images (:func:`extract_features`); process 0 writes the cache and gets the
     features, the others an empty ``(0, D)`` array."""
     path = cache_path(images, extractor, cache_dir or default_cache_dir())
-    sharded = distributed and dist.is_initialized() and dist.get_world_size() > 1
+    sharded = distributed and process_group() is not None
     main = not sharded or dist.get_rank() == 0
     features = _cached(path, len(images), extractor.dims) if main else None
     if sharded:
