@@ -495,9 +495,11 @@ def test_gradient_accumulation_equals_one_big_batch(shapes_npz, tmp_path, monkey
     grads = {}
     for k in (1, accum):
         fixed_noise_loss(monkeypatch, 16)
-        config = tiny_config(shapes_npz, "train.batch_size=16", f"train.grad_accum={k}")
+        config = tiny_config(
+            shapes_npz, "train.batch_size=16", f"train.grad_accum={k}", "train.amp=false"
+        )
         trainer = Trainer(config, tmp_path / f"run{k}", progress=False)
-        loss, norm, _, _ = trainer._forward_backward(autocast=False)
+        loss, norm = trainer._forward_backward()[0].tolist()
         grads[k] = (loss, norm, [p.grad.clone() for p in trainer.model.parameters()])
         monkeypatch.undo()
     (loss1, norm1, g1), (loss_k, norm_k, g_k) = grads[1], grads[accum]
@@ -509,9 +511,9 @@ def test_gradient_accumulation_equals_one_big_batch(shapes_npz, tmp_path, monkey
 def test_clipping_engages(shapes_npz, tmp_path, monkeypatch):
     def grads_after(clip: float):
         fixed_noise_loss(monkeypatch, 16)
-        config = tiny_config(shapes_npz, f"train.grad_clip={clip}")
+        config = tiny_config(shapes_npz, f"train.grad_clip={clip}", "train.amp=false")
         trainer = Trainer(config, tmp_path / f"run{clip}", progress=False)
-        _, norm, _, _ = trainer._forward_backward(autocast=False)
+        _, norm = trainer._forward_backward()[0].tolist()
         monkeypatch.undo()
         return norm, [p.grad.clone() for p in trainer.model.parameters()]
 

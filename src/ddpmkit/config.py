@@ -31,6 +31,7 @@ _T = TypeVar("_T")
 
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 LR_SCHEDULES = ("constant", "cosine")
+AMP_DTYPES = ("auto", "bf16", "fp16")
 MAX_CONFIG_BYTES = 1 << 20
 """Config files larger than this (1 MiB) are refused unread."""
 _INT_LIMIT = 2**63 - 1  # integers must fit in int64 (torch, numpy and JSON readers elsewhere)
@@ -56,7 +57,10 @@ class TrainConfig:
     ema_warmup: bool = True  # decay_k = min(decay, (1 + k)/(10 + k)) so early averages forget fast
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
-    amp: bool = True  # bfloat16 autocast where fast (CUDA; CPUs with AVX-512 BF16 or AMX)
+    amp: bool = True  # mixed precision: see amp_dtype
+    amp_dtype: str = "auto"  # auto: bf16 where native, else fp16 + GradScaler on CUDA | bf16 | fp16
+    channels_last: bool = False  # NHWC memory format for the model and the batches
+    compile: bool = False  # torch.compile the training model (inductor)
     log_every: int = 50
     sample_every: int = 1000  # 0: only at the end
     checkpoint_every: int = 1000  # 0: only at the end
@@ -94,6 +98,11 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown train.tracker '{_clean(self.tracker)}': choose one of "
                 + ", ".join(TRACKERS)
+            )
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ConfigError(
+                f"unknown train.amp_dtype '{_clean(self.amp_dtype)}': choose one of "
+                + ", ".join(AMP_DTYPES)
             )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(

@@ -48,6 +48,7 @@ class EvalRequest:
     samples: Path | None = None
     guidance: Sequence[float] = (0.0,)  # class-conditional runs: one row per weight
     classifier: str | None = None  # digits or a TorchScript file: class accuracy of the samples
+    amp: bool = False  # sample with the network under bfloat16 autocast
 
 
 @dataclass
@@ -246,6 +247,7 @@ def _sample_requests(run: LoadedRun, request: EvalRequest) -> list[tuple]:
                 labels=labels,
                 guidance=weight,
                 null_label=classes if classes else None,
+                amp=request.amp,
             ),
         )
         for sampler, steps in plan(request, run.diffusion.num_steps)

@@ -18,6 +18,7 @@ from ddpmkit.diffusion import GaussianDiffusion, spaced_timesteps
 from ddpmkit.errors import ConfigError
 from ddpmkit.fileio import atomic_write_bytes
 from ddpmkit.nn import UNet
+from ddpmkit.precision import with_autocast
 from ddpmkit.rundir import RunDir
 from ddpmkit.samplers import SamplerStep, check_sampler, sample
 from ddpmkit.seeding import PerSampleGenerator
@@ -85,6 +86,7 @@ class SampleRequest:
     labels: Sequence[int] | None = None  # class of each image (class-conditional runs)
     guidance: float = 0.0  # classifier-free guidance weight w (ddpmkit.denoiser.guide)
     null_label: int | None = None  # the run's "no class" label (its number of classes)
+    amp: bool = False  # the network under bfloat16 autocast (the sampler's arithmetic stays fp32)
 
 
 @dataclass
@@ -127,6 +129,8 @@ def generate(
             raise ConfigError("class-conditional sampling needs one label per image")
     elif request.guidance:
         raise ConfigError("guidance needs class labels (a class-conditional run and --class)")
+    if request.amp:
+        model = with_autocast(model, device)
     images, frames = [], []
     first, last = 0, request.n
     if distributed:

@@ -1,12 +1,12 @@
 """TrainState: everything that one training step changes, and its (de)serialisation.
 
-The model, its EMA, the optimizer, the step count and training time, the importance sampler of t,
-the epoch's permutation of the data with the position in it, and every random number generator
-(torch's global generators, numpy's and Python's), per process. The draws of a training batch
-(t, ε, flips, dropped labels) need no saved generator: they are keyed by the step
-(:mod:`ddpmkit.batch_draws`). A
-checkpoint is ``state_dict()`` taken between two steps; ``load_state_dict`` of it continues the
-run exactly as if it had never stopped. Tensors are named, metadata is JSON: no pickle.
+The model, its EMA, the optimizer (and float16's loss scaler), the step count and training time,
+the importance sampler of t, the epoch's permutation of the data with the position in it, and
+every random number generator (torch's global generators, numpy's and Python's), per process.
+The draws of a training batch (t, ε, flips, dropped labels) need no saved generator: they are
+keyed by the step (:mod:`ddpmkit.batch_draws`). A checkpoint is ``state_dict()`` taken between
+two steps; ``load_state_dict`` of it continues the run exactly as if it had never stopped.
+Tensors are named, metadata is JSON: no pickle.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ class TrainState:
     timestep_sampler: UniformSampler | None
     seed: int  # train.seed: the base of the streams of a process whose saved state is missing
     device: torch.device
+    scaler: torch.amp.GradScaler | None = None  # float16 training: the loss scale
     step: int = 0
     elapsed_s: float = 0.0
     order: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
@@ -198,6 +199,8 @@ class TrainState:
             "ranks": [meta for _, meta in ranks],
             "ddpmkit": __version__,
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()  # scale, growth tracker, factors
         return tensors, metadata, state
 
     def load_state_dict(self, checkpoint: Checkpoint, rank: int = 0, world_size: int = 1) -> None:
@@ -228,6 +231,14 @@ class TrainState:
         self.elapsed_s = checkpoint.elapsed_s
         self.bad_steps = int(checkpoint.state.get("bad_steps", 0))
         self.skipped_steps = int(checkpoint.state.get("skipped_steps", 0))
+        scaler = checkpoint.state.get("scaler")
+        if self.scaler is not None and scaler:
+            try:
+                self.scaler.load_state_dict(dict(scaler))
+            except (RuntimeError, KeyError, TypeError, ValueError) as err:
+                raise RunDirError(
+                    f"{checkpoint.path}: the float16 loss scaler's state does not fit: {err}"
+                ) from None
         ranks = checkpoint.state.get("ranks") or []
         prefix = f"rank{rank}."
         if int(checkpoint.state.get("world_size", 1)) == world_size and rank < len(ranks):

@@ -43,6 +43,7 @@ from ddpmkit.errors import ConfigError, DataError, DdpmkitError, RunDirError
 from ddpmkit.generate import SampleRequest, generate, resolve_device
 from ddpmkit.interrupts import EXIT_CODES, StopRequests, signal_name
 from ddpmkit.nn import UNet
+from ddpmkit.precision import bf16_autocast_supported
 from ddpmkit.rundir import CLASSES_FILE, RunDir
 from ddpmkit.timesteps import make_timestep_sampler
 from ddpmkit.trackers import check_installed, make_tracker
@@ -110,18 +111,22 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
-def bf16_autocast_supported(device: torch.device) -> bool:
-    """Whether bfloat16 autocast pays off: CUDA GPUs with bf16, CPUs whose oneDNN has bf16
-    kernels (AVX-512 BF16 or AMX); elsewhere it would emulate bf16 slowly."""
+def training_precision(device: torch.device, amp: bool, amp_dtype: str) -> tuple:
+    """``(autocast dtype or None, use a GradScaler, note)`` for ``train.amp``/``amp_dtype``:
+    ``auto`` is bfloat16 where the device has it natively (:func:`bf16_autocast_supported`:
+    compute capability >= 8, CPUs with AVX-512 BF16/AMX), float16 with a GradScaler on other
+    CUDA GPUs (V100, T4: bf16 is only emulated there), else float32 (with a note why)."""
+    if not amp:
+        return None, False, None
+    if amp_dtype == "bf16":
+        return torch.bfloat16, False, None
+    if amp_dtype == "fp16":
+        return torch.float16, True, None
+    if bf16_autocast_supported(device):
+        return torch.bfloat16, False, None
     if device.type == "cuda":
-        # not emulated bf16 (V100, T4 report it as supported by default, and run it slowly)
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
+        return torch.float16, True, None
+    return None, False, f"train.amp: {device} has no fast bfloat16 support; training in float32"
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -133,40 +138,41 @@ def _distributed() -> tuple[int, int, int]:
 
 
 class _Interval:
-    """Sums between two log lines: loss, gradient norm, loss per quartile of t, skipped steps."""
+    """Sums between two log lines: loss, gradient norm, loss per quartile of t, skipped steps.
+    The sums stay on the training device; they reach the host once per log line."""
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, device: torch.device) -> None:
         self.start = started
-        self.loss = 0.0
-        self.grad_norm = 0.0
         self.steps = 0
         self.skipped = 0
         self.paused = 0.0  # time spent on grids and checkpoints, left out of images/s
-        self.bucket_sum = torch.zeros(TIMESTEP_BUCKETS, dtype=torch.float64)
-        self.bucket_count = torch.zeros(TIMESTEP_BUCKETS, dtype=torch.float64)
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, gradient norm
+        self.bucket_sum = torch.zeros(TIMESTEP_BUCKETS, dtype=torch.float64, device=device)
+        self.bucket_count = torch.zeros(TIMESTEP_BUCKETS, dtype=torch.float64, device=device)
 
-    def add(self, loss: float, grad_norm: float, buckets: torch.Tensor, losses: torch.Tensor):
-        self.loss += loss
-        self.grad_norm += grad_norm
+    def add(self, loss_and_norm: torch.Tensor, buckets: torch.Tensor, losses: torch.Tensor):
+        self.sums += loss_and_norm
         self.steps += 1
         self.bucket_sum.index_add_(0, buckets, losses)
         self.bucket_count.index_add_(0, buckets, torch.ones_like(losses))
 
     def record(self, step: int, lr: float, batch_size: int, now: float, elapsed: float) -> dict:
         rate = self.steps * batch_size / max(1e-9, now - self.start - self.paused)
+        loss, grad_norm = (self.sums / max(1, self.steps)).tolist()
         record = {
             "step": step,
-            "loss": self.loss / self.steps if self.steps else float("nan"),
-            "grad_norm": self.grad_norm / self.steps if self.steps else float("nan"),
+            "loss": loss if self.steps else float("nan"),
+            "grad_norm": grad_norm if self.steps else float("nan"),
             "lr": lr,
             "images_per_s": round(rate, 2),
             "elapsed_s": round(elapsed, 3),
         }
         if self.skipped:
             record["skipped_steps"] = self.skipped
+        sums, counts = self.bucket_sum.tolist(), self.bucket_count.tolist()
         for b in range(TIMESTEP_BUCKETS):
-            if self.bucket_count[b] > 0:
-                record[f"loss_t_q{b + 1}"] = (self.bucket_sum[b] / self.bucket_count[b]).item()
+            if counts[b] > 0:
+                record[f"loss_t_q{b + 1}"] = sums[b] / counts[b]
         return record
 
 
@@ -231,7 +237,12 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tc.seed)
             model = UNet(config.model).to(self.device)
+        if tc.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.diffusion = GaussianDiffusion.from_config(config.diffusion)
+        self._autocast_dtype, scaled, self._precision_note = training_precision(
+            self.device, tc.amp, tc.amp_dtype
+        )
         stream_seed = tc.seed * 1000 + self.rank
         torch.manual_seed(stream_seed)  # dropout draws from the global generator
         random.seed(stream_seed)  # Python's and numpy's generators too, for code that uses them
@@ -244,12 +255,15 @@ class Trainer:
                 lr=tc.lr,
                 betas=(tc.adam_beta1, tc.adam_beta2),
                 weight_decay=tc.weight_decay,
+                # one fused kernel for all parameters on CUDA; the CPU keeps the default
+                fused=True if self.device.type == "cuda" else None,
             ),
             timestep_sampler=None
             if tc.timestep_sampler == "uniform"
             else make_timestep_sampler(tc.timestep_sampler, self.diffusion.num_steps),
             seed=tc.seed,
             device=self.device,
+            scaler=torch.amp.GradScaler(self.device.type) if scaled else None,
         )
         if checkpoint is not None:
             self.state.load_state_dict(checkpoint, self.rank, self.world)
@@ -271,6 +285,8 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        if tc.compile:
+            self.train_model = torch.compile(self.train_model)
 
     def _load_data(self, progress: bool) -> ImageDataset:
         """Load (or decode into the cache) the training images, rank 0 first under DDP so that
@@ -362,6 +378,8 @@ class Trainer:
             world=self.world,
         )
         batch = from_uint8(self.batches.fetch(index))
+        if self.config.train.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         if self.config.data.random_flip:
             flip = draws.flip.to(batch.device).view(-1, 1, 1, 1)
             batch = torch.where(flip, batch.flip(-1), batch)
@@ -371,14 +389,17 @@ class Trainer:
         labels[draws.drop_label.to(labels.device)] = self.config.model.num_classes  # null class
         return batch, labels
 
-    def _forward_backward(self, autocast: bool) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-        """Gradients of one step over ``grad_accum`` micro-batches: (loss, gradient norm before
-        clipping, t and per-example losses of every example)."""
+    def _forward_backward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gradients of one step over ``grad_accum`` micro-batches: ([loss, gradient norm before
+        clipping] as one device tensor, t and per-example losses of every example). Nothing
+        here waits for the device."""
         tc, state = self.config.train, self.state
         micro = tc.batch_size // self.world // tc.grad_accum
         state.optimizer.zero_grad(set_to_none=True)
-        loss, ts, losses = 0.0, [], []
+        loss = torch.zeros((), device=self.device)
+        ts, losses = [], []
         data = self.config.data
+        scaler = state.scaler
         for index in range(tc.grad_accum):
             draws = draw_batch(
                 seed=tc.seed,
@@ -405,17 +426,21 @@ class Trainer:
                 contextlib.nullcontext() if last or self.world == 1 else self.train_model.no_sync()
             )
             with sync:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                dtype = self._autocast_dtype
+                with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                     out = self.diffusion.training_loss(
                         model, x0, t=draws.t, noise=draws.noise, weights=draws.weights
                     )
-                (out.loss / tc.grad_accum).backward()
-            loss += out.loss.item() / tc.grad_accum
+                part = out.loss / tc.grad_accum
+                (scaler.scale(part) if scaler is not None else part).backward()
+            loss += part.detach().float()
             ts.append(out.t.detach())
             losses.append(out.per_example.detach().float())
+        if scaler is not None:
+            scaler.unscale_(state.optimizer)
         max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm).item()
-        return loss, grad_norm, torch.cat(ts), torch.cat(losses)
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm)
+        return torch.stack([loss, grad_norm.float()]), torch.cat(ts), torch.cat(losses)
 
     def _update_timestep_sampler(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Feed the importance sampler every process's (t, loss) pairs, so all ranks agree."""
@@ -515,12 +540,8 @@ class Trainer:
             self.run.write_config(self.config)
             if self.class_names is not None:
                 self.run.write_json(CLASSES_FILE, self.class_names)
-        self._autocast = tc.amp and bf16_autocast_supported(self.device)
-        if tc.amp and not self._autocast and self.is_main:
-            warnings.warn(
-                f"train.amp: {self.device} has no fast bfloat16 support; training in float32",
-                stacklevel=2,
-            )
+        if self._precision_note and self.is_main:
+            warnings.warn(self._precision_note, stacklevel=2)
         self._bar = tqdm(
             total=tc.steps,
             initial=state.step,
@@ -530,7 +551,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         self._clock = (time.perf_counter(), state.elapsed_s)
-        self._interval = _Interval(self._clock[0])
+        self._interval = _Interval(self._clock[0], self.device)
         self._smoothed, self._last_loss = None, float("nan")
         self._fraction = self._time_fraction()
         state.model.train()
@@ -560,13 +581,21 @@ class Trainer:
 
     def _step(self) -> bool:
         """One step of Algorithm 1. A non-finite loss or gradient norm on any process skips the
-        update (weights, EMA and step count stay) and returns False."""
+        update (weights, EMA and step count stay), counts towards ``train.max_bad_steps`` and
+        returns False. With float16 and a GradScaler, a non-finite gradient of a finite loss is
+        the scaler's overflow: the step is skipped and the scale lowered, but it is not a bad
+        step. One host synchronisation per step: the two numbers that decide it."""
         tc, state = self.config.train, self.state
         self._lr = learning_rate(state.step, tc, self._fraction)
         for group in state.optimizer.param_groups:
             group["lr"] = self._lr
-        loss, grad_norm, ts, losses = self._forward_backward(self._autocast)
-        if self._any_process(not (math.isfinite(loss) and math.isfinite(grad_norm)))[0]:
+        loss_and_norm, ts, losses = self._forward_backward()
+        loss, grad_norm = loss_and_norm.tolist()
+        bad_loss, bad_norm = self._any_process(
+            not math.isfinite(loss), not math.isfinite(grad_norm)
+        )
+        scaler = state.scaler
+        if bad_loss or (bad_norm and scaler is None):
             state.optimizer.zero_grad(set_to_none=True)
             state.bad_steps += 1
             state.skipped_steps += 1
@@ -575,7 +604,16 @@ class Trainer:
                 self._bar.close()
                 raise self._diverged(loss, grad_norm)
             return False
-        state.optimizer.step()
+        if scaler is not None:
+            scaler.step(state.optimizer)  # skips the update when the scaled gradients overflowed
+            scaler.update()
+            if bad_norm:
+                state.optimizer.zero_grad(set_to_none=True)
+                state.skipped_steps += 1
+                self._interval.skipped += 1
+                return False
+        else:
+            state.optimizer.step()
         update_ema(state.ema, state.model, ema_decay(state.step, tc.ema_decay, tc.ema_warmup))
         if state.timestep_sampler is not None:
             self._update_timestep_sampler(ts, losses)
@@ -583,8 +621,8 @@ class Trainer:
         state.bad_steps = 0
         self._last_loss = loss
         self._smoothed = loss if self._smoothed is None else 0.98 * self._smoothed + 0.02 * loss
-        buckets = (ts * TIMESTEP_BUCKETS // self.diffusion.num_steps).cpu()
-        self._interval.add(loss, grad_norm, buckets, losses.double().cpu())
+        buckets = ts * TIMESTEP_BUCKETS // self.diffusion.num_steps
+        self._interval.add(loss_and_norm.double(), buckets, losses.double())
         self._bar.update(1)
         return True
 
@@ -605,7 +643,7 @@ class Trainer:
             self.run.append_metrics(record)
             if self.tracker is not None:
                 self.tracker.scalars(self.state.step, record)
-        self._interval = _Interval(now)
+        self._interval = _Interval(now, self.device)
 
     def _periodic_work(self) -> None:
         """The sample grid and the checkpoint when their step comes (their time is left out of

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ddpmkit.errors import ConfigError
@@ -75,6 +76,7 @@ class UNetConfig:
     time_flip_sin_to_cos: bool = False  # cosines first in the sinusoidal embedding
     time_freq_shift: int = 1  # 0 or 1: frequencies exp(-ln(10⁴)·i/(half − shift))
     time_frequencies: str = "ddpmkit"  # float32 rounding of those: "ddpmkit" or "diffusers"
+    checkpointing: bool = False  # recompute each layer in backward instead of keeping activations
 
     def __post_init__(self) -> None:
         for name in ("channel_mults", "attention"):
@@ -164,6 +166,10 @@ class UNetConfig:
             raise ConfigError(f"unet.dropout must be a number in [0, 1), got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"unet.dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.checkpointing, bool):
+            raise ConfigError(
+                f"unet.checkpointing must be true or false, got {self.checkpointing!r}"
+            )
         if not isinstance(self.learned_variance, bool):
             raise ConfigError(
                 f"unet.learned_variance must be true or false, got {self.learned_variance!r}"
@@ -410,14 +416,23 @@ class UNet(nn.Module):
             raise ConfigError("this U-Net is unconditional (model.num_classes = 0): pass no labels")
         h = self.conv_in(x)
         hs = [h]
+        run = self._run_layer
         for layer in self.down:
-            h = layer(h, emb)
+            h = run(layer, h, emb)
             hs.append(h)
         for layer in self.mid:
-            h = layer(h, emb)
+            h = run(layer, h, emb)
         for layer in self.up:
-            h = layer(torch.cat([h, hs.pop()], dim=1), emb)
+            h = run(layer, torch.cat([h, hs.pop()], dim=1), emb)
         return self.output_layer(h)
+
+    def _run_layer(self, layer: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """``layer(h, emb)``; with ``checkpointing`` while training with gradients, its
+        activations are not kept but recomputed in the backward pass (Chen et al. 2016): memory
+        for one more forward pass of each layer. The weights and outputs are unchanged."""
+        if self.config.checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, h, emb, use_reentrant=False)
+        return layer(h, emb)
 
     def output_layer(self, h: torch.Tensor) -> torch.Tensor:
         """GN→SiLU→conv3x3 out, in the dtype of its weights with autocast switched off.

@@ -1,0 +1,186 @@
+"""Speed options (issue 11): gradient checkpointing, channels-last, torch.compile, float16 with a
+GradScaler, the choice of precision, sampling under autocast. Each must leave the mathematics
+alone: oracles are the same run without the option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import read_metrics, tiny_config
+from ddpmkit import training
+from ddpmkit.diffusion import GaussianDiffusion
+from ddpmkit.nn import UNet, UNetConfig
+from ddpmkit.rundir import RunDir
+from ddpmkit.training import Trainer, training_precision
+
+
+def _weights(run) -> dict[str, torch.Tensor]:
+    return RunDir(run).load_checkpoint().tensors["model"]
+
+
+def _train(shapes_npz, run, *extra, resume=False):
+    trainer = Trainer(tiny_config(shapes_npz, *extra), run, resume=resume, progress=False)
+    trainer.train()
+    return trainer
+
+
+def test_checkpointing_keeps_the_gradients_and_the_weights_names(one_thread):
+    config = UNetConfig(dropout=0.1, attention=("none", "none", "full"))
+    torch.manual_seed(0)
+    plain = UNet(config)
+    checkpointed = UNet(UNetConfig(**{**config.__dict__, "checkpointing": True}))
+    assert plain.state_dict().keys() == checkpointed.state_dict().keys()
+    checkpointed.load_state_dict(plain.state_dict())
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([1, 50, 900])
+    grads = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(1)  # dropout: the recomputation replays the same masks
+        model.train()
+        model(x, t).square().mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpointing_stores_less_for_the_backward_pass(one_thread):
+    """Bytes of the tensors autograd keeps for backward (storage counted once), batch 8 at
+    16×16: checkpointing keeps only each layer's inputs."""
+
+    def saved_bytes(model: UNet) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor):
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.randn(8, 1, 16, 16), torch.arange(8)).sum()
+        return sum(storages.values())
+
+    plain = saved_bytes(UNet(UNetConfig()).train())
+    checkpointed = saved_bytes(UNet(UNetConfig(checkpointing=True)).train())
+    assert checkpointed < plain / 2
+
+
+def test_a_checkpointed_run_trains_like_a_plain_one(shapes_npz, tmp_path, one_thread):
+    _train(shapes_npz, tmp_path / "plain", "train.steps=3")
+    _train(shapes_npz, tmp_path / "ckpt", "train.steps=3", "model.checkpointing=true")
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "ckpt")
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+def test_channels_last_trains_like_the_default_layout(shapes_npz, tmp_path, one_thread):
+    _train(shapes_npz, tmp_path / "nchw", "train.steps=3", "train.amp=false")
+    trainer = _train(
+        shapes_npz,
+        tmp_path / "nhwc",
+        "train.steps=3",
+        "train.amp=false",
+        "train.channels_last=true",
+    )
+    conv = trainer.model.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    a, b = _weights(tmp_path / "nchw"), _weights(tmp_path / "nhwc")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+def test_compile_wraps_the_training_model(shapes_npz, tmp_path, monkeypatch, one_thread):
+    """train.compile hands the training model to torch.compile (here with the eager backend:
+    the inductor backend needs minutes on this CPU) and trains to the same weights."""
+    real = torch.compile
+    compiled = []
+
+    def eager_compile(module, **kwargs):
+        compiled.append(module)
+        return real(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    _train(shapes_npz, tmp_path / "eager", "train.steps=2", "train.amp=false")
+    trainer = _train(
+        shapes_npz, tmp_path / "compiled", "train.steps=2", "train.amp=false", "train.compile=true"
+    )
+    assert compiled == [trainer.model]
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("device", "native_bf16", "amp", "amp_dtype", "expected"),
+    [
+        ("cuda", True, True, "auto", (torch.bfloat16, False)),  # A100, H100: native bf16
+        ("cuda", False, True, "auto", (torch.float16, True)),  # V100, T4: fp16 + GradScaler
+        ("cpu", True, True, "auto", (torch.bfloat16, False)),  # AVX-512 BF16 / AMX
+        ("cpu", False, True, "auto", (None, False)),  # no fast bf16: float32, with a note
+        ("cuda", True, False, "auto", (None, False)),  # train.amp=false
+        ("cpu", False, True, "fp16", (torch.float16, True)),  # asked for
+        ("cuda", False, True, "bf16", (torch.bfloat16, False)),  # asked for, even emulated
+    ],
+)
+def test_the_precision_follows_the_device(
+    monkeypatch, device, native_bf16, amp, amp_dtype, expected
+):
+    monkeypatch.setattr(training, "bf16_autocast_supported", lambda d: native_bf16)
+    dtype, scaled, note = training_precision(torch.device(device), amp, amp_dtype)
+    assert (dtype, scaled) == expected
+    assert (note is not None) == (amp and expected[0] is None)
+
+
+def test_float16_with_a_grad_scaler_resumes_exactly(shapes_npz, tmp_path, one_thread):
+    fp16 = ("train.amp_dtype=fp16", "train.checkpoint_every=2", "train.lr_schedule=constant")
+    _train(shapes_npz, tmp_path / "straight", "train.steps=4", *fp16)
+    _train(shapes_npz, tmp_path / "stopped", "train.steps=2", *fp16)
+    state = RunDir(tmp_path / "stopped").load_checkpoint(files=()).state
+    assert state["scaler"]["scale"] == 65536.0  # GradScaler's initial scale, saved
+    _train(shapes_npz, tmp_path / "stopped", "train.steps=4", *fp16, resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "straight")]
+    assert losses == [r["loss"] for r in read_metrics(tmp_path / "stopped")]
+
+
+def test_a_scaler_overflow_is_skipped_but_not_a_bad_step(
+    shapes_npz, tmp_path, monkeypatch, one_thread
+):
+    """Step 2's loss is multiplied by 1e36: finite, but its gradients scaled by 65536 overflow.
+    The GradScaler skips the update and halves its scale; with train.max_bad_steps=1 the run
+    would stop if that counted as a bad step. A non-finite loss still is one."""
+    real = GaussianDiffusion.training_loss
+    calls = 0
+
+    def huge_on_the_second_call(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        out = real(self, *args, **kwargs)
+        if calls == 2:
+            out.loss = out.loss * 1e36
+        return out
+
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", huge_on_the_second_call)
+    extra = ("train.amp_dtype=fp16", "train.max_bad_steps=1", "train.steps=3")
+    trainer = _train(shapes_npz, tmp_path / "run", *extra)
+    assert trainer.state.step == 3 and trainer.state.skipped_steps == 1
+    assert trainer.state.bad_steps == 0 and trainer.state.scaler.get_scale() == 32768.0
+    assert sum(r.get("skipped_steps", 0) for r in read_metrics(tmp_path / "run")) == 1
+
+
+def test_sampling_under_autocast_stays_close_and_float32(one_thread):
+    from ddpmkit.generate import SampleRequest, generate
+    from ddpmkit.schedules import make_schedule
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig()).eval()
+    with torch.no_grad():  # the output convolution starts at zero: give the net an output
+        for p in model.parameters():
+            if not p.abs().sum():
+                p.normal_(std=0.05)
+    diffusion = GaussianDiffusion(make_schedule("cosine", 100), "eps", "fixed_small")
+    request = SampleRequest(n=4, sampler="ddim", steps=10, seed=1)
+    with torch.no_grad():
+        full = generate(model, diffusion, (1, 16, 16), request, torch.device("cpu"), False)
+        request.amp = True
+        half = generate(model, diffusion, (1, 16, 16), request, torch.device("cpu"), False)
+    assert half.images.dtype == torch.float32
+    difference = float((full.images - half.images).abs().max())
+    assert 0 < difference < 0.1  # bf16 rounding in the body only
