@@ -2,7 +2,8 @@
 
 For each config and option set: milliseconds per training step (forward, loss, backward, AdamW;
 median of ``--repeats`` after 2 warm-up steps) and the bytes autograd keeps for the backward pass
-per image (storage counted once; what gradient checkpointing saves). Prints a markdown table.
+per image (storage counted once; what the second half of a batch adds, so the weights kept
+once per step are left out; what gradient checkpointing saves). Prints a markdown table.
 
     python benchmarks/speed_options.py [--configs digits,cifar10_ddpm] [--repeats 5]
 """
@@ -72,7 +73,10 @@ def measure(config, batch: int, repeats: int, channels_last=False, checkpointing
         step()
         times.append(time.perf_counter() - start)
     t = torch.randint(0, diffusion.num_steps, (batch,))
-    per_image = saved_bytes(model, x0, t, amp) / batch
+    half = batch // 2  # per image: what the second half of the batch adds (weights left out)
+    per_image = (saved_bytes(model, x0, t, amp) - saved_bytes(model, x0[:half], t[:half], amp)) / (
+        batch - half
+    )
     return statistics.median(times) * 1e3, per_image
 
 
