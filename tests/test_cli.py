@@ -303,12 +303,12 @@ def test_a_signal_then_resume(shapes_npz, tmp_path, capsys, monkeypatch, request
     calls = 0
     next_batch = Trainer._next_batch
 
-    def signal_in_step_2(self, size):
+    def signal_in_step_2(self, *args):
         nonlocal calls
         calls += 1
         if calls == 2:
             os.kill(os.getpid(), signum)
-        return next_batch(self, size)
+        return next_batch(self, *args)
 
     monkeypatch.setattr(Trainer, "_next_batch", signal_in_step_2)
     argv = ["train", "--data", str(shapes_npz), "--out", str(run), "--no-progress"]

@@ -163,9 +163,12 @@ def test_boolean_spellings(text, value):
     assert resolve_config(overrides=[f"train.amp={text}"]).train.amp is value
 
 
-def test_unknown_key_lists_the_valid_keys():
+def test_an_unknown_key_names_its_close_matches_else_every_valid_key():
     with pytest.raises(ConfigError) as info:
         resolve_config(overrides=["train.stepz=1"])
+    assert str(info.value) == "unknown key 'train.stepz': did you mean 'train.steps'?"
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=["train.zzzz=1"])
     assert "steps" in str(info.value) and "batch_size" in str(info.value)
 
 

@@ -10,6 +10,7 @@ non-finite number) is one :class:`ConfigError` of one line.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import tomllib
@@ -294,6 +295,16 @@ def _checked(what: str, build: Callable[[], _T]) -> _T:
         raise ConfigError(f"invalid {what}: {' '.join(str(err).split())}") from None
 
 
+def _unknown_key(section: str, key: Any, names: set[str]) -> ConfigError:
+    """One line: the close matches of a misspelt key, else every key of its section."""
+    close = difflib.get_close_matches(str(key), sorted(names), n=3)
+    if close:
+        hint = "did you mean " + " or ".join(f"'{section}.{k}'" for k in close) + "?"
+    else:
+        hint = f"the keys of [{section}] are " + " ".join(sorted(names))
+    return ConfigError(f"unknown key '{section}.{_clean(key)}': {hint}")
+
+
 def _build_section(name: str, values: dict[str, Any], from_text: bool = False) -> Any:
     cls = SECTIONS[name]
     types_by_field = _field_types(cls)
@@ -301,10 +312,7 @@ def _build_section(name: str, values: dict[str, Any], from_text: bool = False) -
     kwargs = {}
     for key, value in values.items():
         if key not in init_fields:
-            raise ConfigError(
-                f"unknown key '{name}.{_clean(key)}': valid keys are "
-                + ", ".join(sorted(init_fields))
-            )
+            raise _unknown_key(name, key, init_fields)
         kwargs[key] = _coerce(value, types_by_field[key], f"{name}.{key}", from_text)
     # start from the run's default section (the digits recipe), not the section class's defaults
     return _checked(
@@ -399,10 +407,7 @@ def _resolve_key(key: str) -> tuple[str, str]:
             )
         names = {f.name for f in dataclasses.fields(SECTIONS[section])}
         if name not in names:
-            raise ConfigError(
-                f"unknown key '{_clean(key)}': valid keys of [{section}] are "
-                + ", ".join(sorted(names))
-            )
+            raise _unknown_key(section, name, names)
         return section, name
     matches = [s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
     if not matches:
