@@ -59,6 +59,9 @@ def _extract_rank(rank: int, world: int, port: int, out: str) -> None:
     features = extract_features(
         recorder, _images(23), batch_size=4, progress=False, distributed=True
     )
+    # one batch for two processes: the second has an empty share and still joins the gather
+    few = extract_features(recorder, _images(3), batch_size=4, progress=False, distributed=True)
+    np.save(f"{out}-{rank}-few.npy", few)
     np.save(f"{out}-{rank}-features.npy", features)
     np.save(f"{out}-{rank}-seen.npy", np.asarray(recorder.seen))
     dist.destroy_process_group()
@@ -84,9 +87,12 @@ def test_two_processes_embed_half_the_images_each_and_both_get_all_features(tmp_
             pytest.fail("a process hung")
     alone = extract_features(_Recorder(), _images(23), batch_size=4, progress=False)
     seen = [np.load(f"{out}-{rank}-seen.npy").tolist() for rank in range(2)]
-    assert seen == [list(range(12)), list(range(12, 23))]  # 6 batches: 3 each, whole batches
+    # 6 batches: 3 each, whole batches; then the one batch of 3 images, on process 1
+    assert seen == [list(range(12)), list(range(12, 23)) + [0, 1, 2]]
+    few = extract_features(_Recorder(), _images(3), batch_size=4, progress=False)
     for rank in range(2):
         assert np.array_equal(np.load(f"{out}-{rank}-features.npy"), alone)
+        assert np.array_equal(np.load(f"{out}-{rank}-few.npy"), few)
 
 
 def test_torchrun_eval_shards_samples_and_reference_features(shapes_npz, tmp_path):

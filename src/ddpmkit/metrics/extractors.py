@@ -441,9 +441,11 @@ def extract_features(
     group = process_group() if distributed else None
     if group is not None:
         first, last = shard_range(len(images), batch_size, *group)
-        share = extract_features(
-            extractor, images[first:last], batch_size=batch_size, progress=progress, desc=desc
-        )
+        share = np.empty((0, extractor.dims), dtype=np.float64)  # more processes than batches
+        if last > first:
+            share = extract_features(
+                extractor, images[first:last], batch_size=batch_size, progress=progress, desc=desc
+            )
         return np.concatenate(gather_shares(share))
     n = int(images.shape[0])
     out = np.empty((n, extractor.dims), dtype=np.float64)
