@@ -15,14 +15,18 @@ that drift hits both alike):
   square matmul of the same precision, measured in the same run (best of sizes and repeats, at the
   start and at the end).
 
-    python benchmarks/peer_speed.py [--device cpu|cuda] [--repeats 10] [--profile]
+    python benchmarks/peer_speed.py [--device cpu|cuda] [--repeats 20] [--profile]
         [--configs digits,cifar10_ddpm] [--precisions fp32,bf16] [--variant NAME]
 
 On a GPU it also reports peak memory (``torch.cuda.max_memory_allocated``) of a training step and
-the largest batch that fits (doubling search). ``--profile`` prints the operators taking the most
-time in one step of each library (``torch.profiler``) instead of timing. ``--variant`` times a
-candidate change to ddpmkit's network, applied here by patching modules of the built model (never
-the source): the output check then shows whether it still computes the same function.
+the largest batch that fits (doubling search); "fp32" there means PyTorch's default TF32
+convolutions, and the peak matmul is allowed TF32 too.
+
+``--profile`` shows instead where one call of each library spends its time (``torch.profiler``,
+summed by part of the network; ``--rows N`` adds the N slowest operators). ``--variant`` also
+times a candidate change to ddpmkit's network, applied by patching modules of the built model
+(never the source), as a third contestant; the output check shows whether it still computes the
+same function.
 """
 
 from __future__ import annotations
@@ -376,7 +380,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=10,
+        default=20,
         help="timed calls per library and row (digits; CIFAR-10 gets half, at least 2)",
     )
     parser.add_argument("--warmup", type=int, default=2)
