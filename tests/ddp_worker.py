@@ -1,9 +1,23 @@
-"""A training process of a two-process (gloo, CPU) DDP run, started by torch.multiprocessing in
-tests/test_improved_training.py; rank 1 alone can be given a NaN loss."""
+"""Processes of the multi-process tests (tests/test_distributed.py).
+
+Functions started by torch.multiprocessing: a training process whose rank 1 alone can be given a
+NaN loss (:func:`train_rank`) and a sampling process (:func:`generate_rank`).
+
+As a script, under ``python -m torch.distributed.run`` or alone, it runs ``ddpm ARGS...`` with
+test hooks that ddpmkit itself does not have::
+
+    python tests/ddp_worker.py [--sgd] [--record DIR] ARGS...
+
+``--sgd``: plain SGD (same learning rate) instead of AdamW; ``--record DIR``: every process
+appends the data indices it trains on, with the step, to ``DIR/rank{RANK}.jsonl``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
 
 
 def train_rank(rank: int, world: int, run_dir: str, overrides: list[str], port: int, nan_call: int):
@@ -65,3 +79,47 @@ def stand_in_model(x, t):
     import torch
 
     return torch.tanh(0.6 * x + 0.02 * t.view(-1, 1, 1, 1))
+
+
+def _use_sgd() -> None:
+    """Replace AdamW by SGD for this process: AdamW divides each gradient element by its running
+    RMS, so elements whose gradient is ~0 take steps of ±lr set by float rounding; SGD's step
+    is lr × gradient, so runs whose gradients agree to rounding keep weights that agree too."""
+    import torch
+
+    def sgd(params, lr, **_ignored):
+        return torch.optim.SGD(params, lr=lr)
+
+    torch.optim.AdamW = sgd
+
+
+def _record_indices(folder: str) -> None:
+    """Log ``(step, indices)`` of every micro-batch this process takes from its data."""
+    import ddpmkit.training
+
+    real = ddpmkit.training.next_indices
+    path = os.path.join(folder, f"rank{os.environ.get('RANK', '0')}.jsonl")
+    os.makedirs(folder, exist_ok=True)
+
+    def recording(position, size, **kwargs):
+        index = real(position, size, **kwargs)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": position.step, "indices": index.tolist()}) + "\n")
+        return index
+
+    ddpmkit.training.next_indices = recording
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="ddpm ARGS... with test hooks")
+    parser.add_argument("--sgd", action="store_true")
+    parser.add_argument("--record", metavar="DIR")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    options = parser.parse_args()
+    if options.sgd:
+        _use_sgd()
+    if options.record:
+        _record_indices(options.record)
+    from ddpmkit.cli import main
+
+    sys.exit(main(options.args))
