@@ -1,7 +1,7 @@
 """Many processes done right, launched as users launch them (``python -m torch.distributed.run``,
 gloo on the CPU): two processes with the same global batch train like one; a resumed
 two-process run equals an uninterrupted one; a run resumed with another number of processes
-continues with the semantics the README documents (Training: *Several GPUs and machines*); a
+continues with the semantics the README documents (Training: *Multi-GPU and multi-node*); a
 non-finite loss on one process is skipped by both; sampling split between processes gives the
 images of one. (``ddpm eval``/``ddpm nll`` under torchrun: tests/test_eval_sharded.py.)"""
 
