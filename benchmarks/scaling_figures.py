@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.utils.checkpoint
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmkit.config import DiffusionConfig, config_from_dict, load_config_file
@@ -185,6 +186,40 @@ def train_flops(module: torch.nn.Module, size: int, device: str) -> int:
     return counter.get_total_flops()
 
 
+class _CountOps(TorchDispatchMode):
+    """Counts the ATen operators dispatched (each at least one host call; most one GPU kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(module: torch.nn.Module, size: int) -> int:
+    """ATen operators of forward + backward of ``module`` (on the meta device; the count does
+    not depend on the batch)."""
+    with torch.device("meta"):
+        x, t = torch.randn(2, 3, size, size), torch.tensor([10, 500])
+    with _CountOps() as counter:
+        module(x, t).float().pow(2).mean().backward()
+    return counter.count
+
+
+def dispatch_seconds(calls: int = 20000) -> float:
+    """Host time of one small eager operator on this CPU (``a + 1`` on 4 floats), best of 3."""
+    a = torch.ones(4)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(calls):
+            a = a + 1
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
 @contextlib.contextmanager
 def recording_saved(storages: dict[int, int]) -> Iterator[None]:
     """Record (storage pointer → bytes) of every tensor autograd saves for backward, and of the
@@ -291,6 +326,7 @@ DECODE = {
 class Measured:
     params: int
     flops: int  # per training image
+    ops: int  # ATen operators per forward + backward
     per_image: dict[tuple[bool, bool], float]  # (checkpointing, bf16) → bytes per image
     fixed: dict[tuple[bool, bool], float]  # the rest of batch 1
     decode: dict[str, float]
@@ -301,6 +337,7 @@ def measure(model_spec: Model, skip_decode: bool) -> Measured:
     with torch.device("meta"):
         meta = UNet(UNetConfig(**model_spec.fields)).train()
     flops = train_flops(meta, model_spec.size, "meta")
+    ops = ops_per_step(meta, model_spec.size)
     model = UNet(UNetConfig(**model_spec.fields)).train()
     per_image, fixed = {}, {}
     for checkpointing in (False, True):
@@ -316,7 +353,7 @@ def measure(model_spec: Model, skip_decode: bool) -> Measured:
         for label, fmt, source, save in DECODE[model_spec.name]:
             count = 400 if max(source) <= 64 else 60
             decode[label] = decode_rate(fmt, source, model_spec.size, count, **save)
-    return Measured(model.num_parameters(), flops, per_image, fixed, decode)
+    return Measured(model.num_parameters(), flops, ops, per_image, fixed, decode)
 
 
 def check_flops_on_cpu(spec: Model) -> tuple[int, int]:
@@ -368,7 +405,7 @@ def _gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.1f}"
 
 
-def projections(spec: Model, m: Measured, mfu: float) -> None:
+def projections(spec: Model, m: Measured, mfu: float, dispatch: float) -> None:
     step_flops = m.flops * spec.batch
     ckpt_bytes = 16 * m.params  # fp32 weights, EMA, AdamW's two moments
     state = 20 * m.params  # + fp32 gradients
@@ -378,7 +415,8 @@ def projections(spec: Model, m: Measured, mfu: float) -> None:
         f"\n**{spec.name}** ({spec.recipe}: {m.params / 1e6:.1f}M; B = {spec.batch}; "
         f"{step_flops / 1e12:.2f} TFLOP/step; MFU {mfu:.1%}; {spec.steps:,} steps; decoded cache "
         f"{cache / 1e9:,.1f} GB for {spec.images:,} images; checkpoint "
-        f"{ckpt_bytes / 2**30:.2f} GiB, {ckpt_bytes / DISK:.1f} s at {DISK / MiB:.0f} MiB/s)\n"
+        f"{ckpt_bytes / 2**30:.2f} GiB, {ckpt_bytes / DISK:.1f} s at {DISK / MiB:.0f} MiB/s; "
+        f"eager host floor {m.ops * dispatch * 1e3:.1f} ms/step)\n"
     )
     print(
         "| GPUs | per-GPU batch | step A100 / H100 | all-reduce A100 / H100 | to the end A100 / "
@@ -432,9 +470,10 @@ def main() -> None:
     print(f"decoded content: {'grace_hopper.jpg crops' if _photo() else 'synthetic smooth'}\n")
     print(
         "| model | params | train GFLOP/image | saved MiB/image fp32 | bf16 | fp32 checkpointed "
-        "| bf16 checkpointed | fixed MiB bf16 (checkpointed) | decode img/s, 1 core |"
+        "| bf16 checkpointed | fixed MiB bf16 (checkpointed) | ATen ops/step "
+        "| decode img/s, 1 core |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     results: dict[str, Measured] = {}
     for spec in MODELS:
         m = results[spec.name] = measure(spec, args.skip_decode)
@@ -443,10 +482,13 @@ def main() -> None:
         print(
             f"| {spec.name} | {m.params / 1e6:.2f}M | {m.flops / 1e9:.1f} | {p[False, False]:.0f} "
             f"| {p[False, True]:.0f} | {p[True, False]:.0f} | {p[True, True]:.0f} "
-            f"| {m.fixed[False, True] / MiB:.0f} ({m.fixed[True, True] / MiB:.0f}) | {decode} |",
+            f"| {m.fixed[False, True] / MiB:.0f} ({m.fixed[True, True] / MiB:.0f}) | {m.ops:,} "
+            f"| {decode} |",
             flush=True,
         )
     mfu = ho_mfu(results)
+    dispatch = dispatch_seconds()
+    print(f"\nHost time of one small eager operator on this CPU: {dispatch * 1e6:.2f} us")
     print(
         "\nMFU of Ho et al.'s TPU v3-8 runs with these FLOPs (peak 4 x 123 TFLOP/s): "
         + ", ".join(f"{k} {v:.1%}" for k, v in mfu.items())
@@ -454,7 +496,7 @@ def main() -> None:
     )
     for spec in MODELS:
         key = "LSUN-256" if spec.name == "LSUN-256" else "CIFAR-10"
-        projections(spec, results[spec.name], mfu[key])
+        projections(spec, results[spec.name], mfu[key], dispatch)
     if args.peer_improved_diffusion:
         peer_figures(args.peer_improved_diffusion)
 
