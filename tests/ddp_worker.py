@@ -1,7 +1,8 @@
 """Processes of the multi-process tests (tests/test_distributed.py).
 
 Functions started by torch.multiprocessing: a training process whose rank 1 alone can be given a
-NaN loss (:func:`train_rank`) and a sampling process (:func:`generate_rank`).
+NaN loss (:func:`train_rank`), a sampling process (:func:`generate_rank`) and a likelihood
+process (:func:`nll_rank`).
 
 As a script, under ``python -m torch.distributed.run`` or alone, it runs ``ddpm ARGS...`` with
 test hooks that ddpmkit itself does not have::
@@ -72,6 +73,31 @@ def generate_rank(rank: int, world: int, port: int, out: str) -> None:
     )
     if rank == 0:
         np.save(out, result.images.numpy())
+    dist.destroy_process_group()
+
+
+def nll_rank(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    """Bound 5 images in batches of 8 (one batch: process 1's share is empty) and 19 in batches
+    of 4, split between the processes; every process writes the reports it got."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+    import torch.distributed as dist
+
+    from ddpmkit.generate import load_run
+    from ddpmkit.nll import evaluate_nll
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    run = load_run(run_dir, device="cpu")
+    reports = [
+        asdict(evaluate_nll(run, n=n, batch_size=b, seed=2, progress=False, distributed=True))
+        for n, b in ((5, 8), (19, 4))
+    ]
+    with open(f"{out}-{rank}.json", "w", encoding="utf-8") as f:
+        json.dump(reports, f)
     dist.destroy_process_group()
 
 

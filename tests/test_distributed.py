@@ -2,8 +2,9 @@
 gloo on the CPU): two processes with the same global batch train like one; a resumed
 two-process run equals an uninterrupted one; a run resumed with another number of processes
 continues with the semantics the README documents (Training: *Multi-GPU and multi-node*); a
-non-finite loss on one process is skipped by both; sampling split between processes gives the
-images of one. (``ddpm eval``/``ddpm nll`` under torchrun: tests/test_eval_sharded.py.)"""
+non-finite loss on one process is skipped by both; sampling and the likelihood bound split
+between processes give the results of one. (``ddpm eval``/``ddpm nll`` launched by torchrun:
+tests/test_eval_sharded.py.)"""
 
 from __future__ import annotations
 
@@ -266,6 +267,39 @@ def test_sampling_split_between_processes_gives_the_images_of_one(tmp_path):
     request = SampleRequest(n=7, sampler="ddpm", steps=6, seed=3, batch_size=2)
     alone = generate(stand_in_model, diffusion, (1, 4, 4), request, torch.device("cpu"), False)
     assert np.array_equal(np.load(out), alone.images.numpy())
+
+
+def test_the_bound_split_between_processes_is_the_bound_of_one(shapes_npz, tmp_path):
+    """evaluate_nll(distributed=True) in 2 processes: both get the report of one process, also
+    when process 1 has nothing to bound (5 images, one batch) and when the shares are unequal
+    (19 images in 5 batches of 4: 2 and 3)."""
+    from dataclasses import asdict
+
+    from ddp_worker import nll_rank
+    from ddpmkit.cli import main
+    from ddpmkit.generate import load_run
+    from ddpmkit.nll import evaluate_nll
+
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        shapes_npz, "train.steps=2", "diffusion.schedule=cosine", "diffusion.num_steps=20"
+    )
+    assert main(["train", "--out", str(run), "--no-progress", *overrides]) == 0
+    out = str(tmp_path / "nll")
+    run_two_processes(nll_rank, lambda port: (2, port, str(run), out), 120)
+    loaded = load_run(run, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: other thread counts sum convolutions otherwise
+    try:
+        alone = [
+            asdict(evaluate_nll(loaded, n=n, batch_size=b, seed=2, progress=False))
+            for n, b in ((5, 8), (19, 4))
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["n"] for r in alone] == [5, 19]
+    for rank in (0, 1):
+        assert json.loads(Path(f"{out}-{rank}.json").read_text()) == alone, rank
 
 
 def test_the_rows_of_all_processes_and_micro_batches_draw_what_one_process_draws():
