@@ -92,3 +92,43 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def ddpm_launcher(processes: int, program: tuple[str, ...] = ("-m", "ddpmkit.cli")) -> list[str]:
+    """The command that starts ``program`` (``ddpm`` by default) as a user would: plainly for
+    one process, through ``python -m torch.distributed.run --standalone`` for several."""
+    import sys
+
+    if processes == 1:
+        return [sys.executable, *program]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        *program,
+    ]
+
+
+def run_two_processes(target, args_for_port, timeout_s: float) -> None:
+    """Run ``target(rank, *args_for_port(port))`` in 2 spawned processes with a free local port;
+    fail (killing them) if they do not finish within ``timeout_s``."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = mp.start_processes(
+        target, args=args_for_port(port), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"a process of {target.__name__} hung")

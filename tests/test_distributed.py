@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import read_metrics, tiny_overrides
+from conftest import ddpm_launcher, read_metrics, run_two_processes, tiny_overrides
 from ddpmkit.rundir import RunDir
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -46,11 +43,8 @@ def _train(
 ) -> None:
     """``ddpm train`` in ``processes`` processes (torch.distributed.run for 2 or more); with
     ``hooks``, through tests/ddp_worker.py with those options (``--sgd``, ``--record DIR``)."""
-    program = ["-m", "ddpmkit.cli"] if hooks is None else [str(WORKER), *hooks]
-    launcher = [sys.executable, *program]
-    if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        launcher += ["--nproc_per_node", str(processes), *program]
+    program = ("-m", "ddpmkit.cli") if hooks is None else (str(WORKER), *hooks)
+    launcher = ddpm_launcher(processes, program)
     where = ["--resume", str(run)] if resume else ["--out", str(run)]
     cmd = [*launcher, "train", *where, "--no-progress", *overrides]
     # the decoded-data cache set explicitly: module-scoped runs start before conftest's fixture
@@ -217,25 +211,6 @@ def test_resuming_with_another_number_of_processes_starts_the_next_epoch(shapes_
         assert all(len(step) == 8 for step in c[rank].values())
     shares = [[i for step in c[rank].values() for i in step] for rank in (0, 1)]
     assert sorted(shares[0] + shares[1]) == list(range(256))  # every image once, one process
-
-
-def run_two_processes(target, args_for_port, timeout_s: float) -> None:
-    """Run ``target(rank, *args_for_port(port))`` in 2 spawned processes with a free local port;
-    fail (killing them) if they do not finish within ``timeout_s``."""
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    context = mp.start_processes(
-        target, args=args_for_port(port), nprocs=2, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + timeout_s
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"a process of {target.__name__} hung")
 
 
 def test_ddp_skips_a_step_that_is_non_finite_on_one_rank_only(shapes_npz, tmp_path):

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import ddpm_launcher, run_two_processes, tiny_overrides
 from ddpmkit.cli import main
 from ddpmkit.sharding import shard_range
 
@@ -68,23 +66,10 @@ def _extract_rank(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_processes_embed_half_the_images_each_and_both_get_all_features(tmp_path):
-    import torch.multiprocessing as mp
-
     from ddpmkit.metrics.extractors import extract_features
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     out = str(tmp_path / "r")
-    context = mp.start_processes(
-        _extract_rank, args=(2, port, out), nprocs=2, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("a process hung")
+    run_two_processes(_extract_rank, lambda port: (2, port, out), 120)
     alone = extract_features(_Recorder(), _images(23), batch_size=4, progress=False)
     seen = [np.load(f"{out}-{rank}-seen.npy").tolist() for rank in range(2)]
     # 6 batches: 3 each, whole batches; then the one batch of 3 images, on process 1
@@ -95,6 +80,20 @@ def test_two_processes_embed_half_the_images_each_and_both_get_all_features(tmp_
         assert np.array_equal(np.load(f"{out}-{rank}-few.npy"), few)
 
 
+def _alone_and_split(tmp_path: Path, argv: list[str], extra_args) -> dict[str, dict]:
+    """``ddpm ARGV --out OUT`` in one process and through torch.distributed.run in two; the JSON
+    each wrote. ``extra_args(name)`` gives arguments per run (e.g. its own cache folder)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for name, processes in (("one", 1), ("two", 2)):
+        out = tmp_path / f"{name}.json"
+        cmd = [*ddpm_launcher(processes), *argv, *extra_args(name), "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[name] = json.loads(out.read_text())
+    return results
+
+
 def test_torchrun_eval_shards_samples_and_reference_features(shapes_npz, tmp_path):
     """The reference features are computed by the two processes (each its share) and cached;
     the file and the scores equal those of one process."""
@@ -102,21 +101,8 @@ def test_torchrun_eval_shards_samples_and_reference_features(shapes_npz, tmp_pat
     assert main(["train", "--out", str(run), "--no-progress", *tiny_overrides(shapes_npz)]) == 0
     argv = ["eval", str(run), "--num-samples", "24", "--sampler", "ddim", "--steps", "3"]
     argv += ["--batch", "5", "--features", "digits", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    results = {}
-    for name, launcher in (
-        ("one", [sys.executable, "-m", "ddpmkit.cli"]),
-        (
-            "two",
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-            + ["2", "-m", "ddpmkit.cli"],
-        ),
-    ):
-        out = tmp_path / f"{name}.json"
-        cmd = [*launcher, *argv, "--cache-dir", str(tmp_path / name), "--out", str(out)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
-        assert done.returncode == 0, done.stderr[-2000:]
-        results[name] = json.loads(out.read_text())["results"][0]
+    reports = _alone_and_split(tmp_path, argv, lambda name: ["--cache-dir", str(tmp_path / name)])
+    results = {name: report["results"][0] for name, report in reports.items()}
     for key in ("fid", "kid_mean", "precision", "recall", "n"):
         assert results["two"][key] == results["one"][key], key
     files = {name: sorted((tmp_path / name / "reference").glob("*.npz")) for name in results}
@@ -133,26 +119,7 @@ def test_torchrun_nll_shards_the_images_and_reports_the_bound_of_one_process(sha
     )
     assert main(["train", "--out", str(run), "--no-progress", *overrides]) == 0
     argv = ["nll", str(run), "--num-samples", "40", "--batch", "8", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    reports = {}
-    for name, launcher in (
-        ("one", [sys.executable, "-m", "ddpmkit.cli"]),
-        (
-            "two",
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-            + ["2", "-m", "ddpmkit.cli"],
-        ),
-    ):
-        out = tmp_path / f"{name}.json"
-        done = subprocess.run(
-            [*launcher, *argv, "--out", str(out)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=240,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        reports[name] = json.loads(out.read_text())
+    reports = _alone_and_split(tmp_path, argv, lambda name: [])
     assert reports["two"] == reports["one"] and reports["one"]["n"] == 40
 
 
