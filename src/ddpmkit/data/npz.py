@@ -284,28 +284,29 @@ class _ImageStream:
             yield from read_npy_rows(fp, header[0], self.where, count)
 
 
-def _guarded(parts: Iterator[Part], source: str) -> Iterator[Part]:
-    """``parts`` with the many exception kinds of zipfile, zlib and numpy as one DataError."""
+@contextlib.contextmanager
+def _npz_errors(source: str) -> Iterator[None]:
+    """The many exception kinds of zipfile, zlib, struct and numpy as one :class:`DataError`."""
     try:
-        yield from parts
+        yield
     except DataError:
         raise
     except MemoryError:
         raise DataError(f"'{source}': not enough memory to load its images") from None
     except Exception as e:  # noqa: BLE001 - zipfile, zlib, struct and numpy raise many kinds
         raise DataError(f"cannot read '{source}' as a .npz file: {reason(e)}") from None
+
+
+def _guarded(parts: Iterator[Part], source: str) -> Iterator[Part]:
+    """``parts``, with errors raised while reading them translated by :func:`_npz_errors`."""
+    with _npz_errors(source):
+        yield from parts
 
 
 def open_npz(path: Path, cfg: DataConfig, *, source: str, progress: bool) -> DecodedSource:
     """The images of a ``.npz`` archive, read, converted and resized part by part."""
-    try:
+    with _npz_errors(source):
         stream = _ImageStream(path, source)
-    except DataError:
-        raise
-    except MemoryError:
-        raise DataError(f"'{source}': not enough memory to load its images") from None
-    except Exception as e:  # noqa: BLE001 - zipfile, zlib, struct and numpy raise many kinds
-        raise DataError(f"cannot read '{source}' as a .npz file: {reason(e)}") from None
     shape = stream.header[0]
     total = shape[0]
     labels = None
