@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from ddpmkit.data.dataset import (
     IMAGE_EXTENSIONS,
     DataConfig,
     ImageDataset,
-    SkippedFilesWarning,
     from_uint8,
 )
 from ddpmkit.data.decoded import DecodedSource, Part, collect
@@ -37,6 +35,7 @@ from ddpmkit.data.imaging import (
     decode_file,
     reason,
     skipped_message,
+    warn_skipped,
 )
 from ddpmkit.errors import DataError
 
@@ -115,20 +114,14 @@ def open_folder(root: Path, cfg: DataConfig, *, source: str, progress: bool) -> 
             yield images, None if classes is None else classes[0][kept]
 
     def finish() -> str | None:
-        details = skipped_message(failures, lambda i: relative[i])
         if len(failures) == len(paths):
             raise DataError(
                 f"none of the {len(paths)} image files in folder '{source}' could be read "
-                f"(looked for {exts}), e.g. {details}"
+                f"(looked for {exts}), e.g. {skipped_message(failures, lambda i: relative[i])}"
             )
-        if not failures:
-            return None
-        message = (
-            f"skipped {len(failures)} unreadable image file{'s' if len(failures) != 1 else ''} "
-            f"of {len(paths)} in folder '{source}': {details}"
+        return warn_skipped(
+            failures, len(paths), "image file", f"in folder '{source}'", lambda i: relative[i]
         )
-        warnings.warn(message, SkippedFilesWarning, stacklevel=4)
-        return message
 
     return DecodedSource(
         source=source,

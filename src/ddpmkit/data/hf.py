@@ -21,7 +21,6 @@ import array
 import contextlib
 import io
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from ddpmkit.data.dataset import (
     IMAGE_EXTENSIONS,
     DataConfig,
     ImageDataset,
-    SkippedFilesWarning,
 )
 from ddpmkit.data.decoded import DecodedSource, Part, collect
 from ddpmkit.data.folder import folder_fingerprint
@@ -46,6 +44,7 @@ from ddpmkit.data.imaging import (
     decode_image,
     reason,
     skipped_message,
+    warn_skipped,
 )
 from ddpmkit.errors import DataError
 
@@ -342,19 +341,14 @@ def open_hf(cfg: DataConfig, *, progress: bool) -> DecodedSource:
         seen = rows_seen[0]
         if seen == 0:
             raise DataError(f"hf data set '{name}' split '{split}' holds no rows")
-        details = skipped_message(failures, lambda i: f"row {i}")
         if len(failures) == seen:
+            details = skipped_message(failures, lambda i: f"row {i}")
             raise DataError(
                 f"none of the {seen} images of hf data set '{name}' could be read: {details}"
             )
-        if not failures:
-            return None
-        message = (
-            f"skipped {len(failures)} unreadable image{'s' if len(failures) != 1 else ''} of "
-            f"{seen} in hf data set '{name}': {details}"
+        return warn_skipped(
+            failures, seen, "image", f"in hf data set '{name}'", lambda i: f"row {i}"
         )
-        warnings.warn(message, SkippedFilesWarning, stacklevel=4)
-        return message
 
     local = Path(name).expanduser()
     names = None

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from ddpmkit.data.dataset import MAX_IMAGE_PIXELS
+from ddpmkit.data.dataset import MAX_IMAGE_PIXELS, SkippedFilesWarning
 from ddpmkit.errors import DataError
 
 UPSCALE_FILTER = Image.Resampling.BICUBIC
@@ -249,6 +249,27 @@ def decode_chunks(
                 bar.update(len(part))
                 if kept:
                     yield out[: len(kept)], np.asarray(kept, dtype=np.int64)
+
+
+def warn_skipped(
+    failures: list[tuple[int, Exception]],
+    total: int,
+    noun: str,
+    where: str,
+    name: Callable[[int], str],
+) -> str | None:
+    """Warn once (:class:`SkippedFilesWarning`) that ``failures`` of ``total`` items were
+    skipped — ``skipped 3 unreadable image files of 40 in folder 'x': 'a.png' (...), ...`` —
+    and return that line, or ``None`` when nothing was skipped."""
+    if not failures:
+        return None
+    plural = "s" if len(failures) != 1 else ""
+    message = (
+        f"skipped {len(failures)} unreadable {noun}{plural} of {total} {where}: "
+        f"{skipped_message(failures, name)}"
+    )
+    warnings.warn(message, SkippedFilesWarning, stacklevel=5)
+    return message
 
 
 def skipped_message(bad: list[tuple[int, Exception]], name: Callable[[int], str]) -> str:
