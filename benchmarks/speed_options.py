@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from scaling_figures import recording_saved  # benchmarks/ is on sys.path when run
 
 from ddpmkit.config import resolve_config
 from ddpmkit.diffusion import GaussianDiffusion
@@ -33,14 +34,10 @@ OPTIONS = {
 
 
 def saved_bytes(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, amp: bool) -> int:
+    """Bytes kept for backward by one forward pass, counted by scaling_figures.recording_saved
+    (checkpointed layers' kept inputs included)."""
     storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda v: v):
+    with recording_saved(storages):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             model(x, t).float().sum()
     return sum(storages.values())

@@ -43,19 +43,30 @@ def test_checkpointing_keeps_the_gradients_and_the_weights_names(one_thread):
         assert torch.equal(a, b)
 
 
-def test_checkpointing_stores_less_for_the_backward_pass(one_thread):
+def test_checkpointing_stores_less_for_the_backward_pass(one_thread, monkeypatch):
     """Bytes of the tensors autograd keeps for backward (storage counted once), batch 8 at
-    16×16: checkpointing keeps only each layer's inputs."""
+    16×16, the inputs a checkpointed layer keeps to recompute itself included: checkpointing
+    keeps only each layer's inputs."""
+    storages: dict[int, int] = {}
+
+    def remember(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    real = torch.utils.checkpoint.checkpoint
+
+    def keeping_inputs(function, *args, **kwargs):
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                remember(a)
+        return real(function, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", keeping_inputs)
 
     def saved_bytes(model: UNet) -> int:
-        storages: dict[int, int] = {}
-
-        def pack(tensor: torch.Tensor):
-            storage = tensor.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        storages.clear()
+        with torch.autograd.graph.saved_tensors_hooks(remember, lambda t: t):
             model(torch.randn(8, 1, 16, 16), torch.arange(8)).sum()
         return sum(storages.values())
 
@@ -167,6 +178,7 @@ def test_a_scaler_overflow_is_skipped_but_not_a_bad_step(
 
 def test_sampling_under_autocast_stays_close_and_float32(one_thread):
     from ddpmkit.generate import SampleRequest, generate
+    from ddpmkit.precision import with_autocast
     from ddpmkit.schedules import make_schedule
 
     torch.manual_seed(0)
@@ -181,6 +193,12 @@ def test_sampling_under_autocast_stays_close_and_float32(one_thread):
         full = generate(model, diffusion, (1, 16, 16), request, torch.device("cpu"), False)
         request.amp = True
         half = generate(model, diffusion, (1, 16, 16), request, torch.device("cpu"), False)
-    assert half.images.dtype == torch.float32
-    difference = float((full.images - half.images).abs().max())
-    assert 0 < difference < 0.1  # bf16 rounding in the body only
+        x, t = torch.randn(4, 1, 16, 16), torch.full((4,), 50)
+        exact = model(x, t)
+        rounded = with_autocast(model, torch.device("cpu"))(x, t)
+    assert half.images.dtype == torch.float32 and rounded.dtype == torch.float32
+    assert torch.isfinite(half.images).all() and not torch.equal(full.images, half.images)
+    # bf16 rounding in the body only: one call is within a few bf16 ulps (2⁻⁸) of float32. The
+    # sampled images are not compared: a random-weight net's ODE amplifies any rounding (10
+    # DDIM steps: up to 1.4 apart on an AMX CPU), and x̂_0 = (x_T − σε̂)/α near t = T too.
+    assert 0 < float((exact - rounded).abs().max() / exact.abs().max()) < 0.05
