@@ -36,7 +36,7 @@ CASES = {
         {"variance": "learned_range", "loss": "hybrid"},
         (16, 24),
     ),
-    "add-heads4-learned-same-padding-24x16": (
+    "add-heads4-learned_range-v-same-padding-24x16": (
         {
             "in_channels": 1,
             "base_channels": 16,
@@ -48,7 +48,7 @@ CASES = {
             "norm_eps": 1e-6,
             "downsample_padding": "same",
         },
-        {"variance": "learned", "loss": "hybrid"},
+        {"variance": "learned_range", "loss": "hybrid", "prediction": "v"},
         (24, 16),
     ),
     "add-head_dim8-fixed_large-flip-no-mid-attention": (
@@ -243,14 +243,15 @@ def test_export_import_round_trip(tmp_path: Path, case: str) -> None:
 
 
 def test_round_trip_without_ddpmkit_json_derives_an_equivalent_config(tmp_path: Path) -> None:
-    model, diffusion, shape = CASES["add-heads4-learned-same-padding-24x16"]
+    model, diffusion, shape = CASES["add-heads4-learned_range-v-same-padding-24x16"]
     config, ema = make_run(tmp_path / "run", model, diffusion)
     export_diffusers(tmp_path / "run", tmp_path / "pipe")
     (tmp_path / "pipe" / "ddpmkit.json").unlink()
     result = import_diffusers(tmp_path / "pipe", tmp_path / "back")
     assert result.source == "diffusers configs" and result.step == 0
     derived = RunDir(tmp_path / "back").read_config()
-    assert derived.diffusion.variance == "learned" and derived.diffusion.loss == "hybrid"
+    assert derived.diffusion.variance == "learned_range" and derived.diffusion.loss == "hybrid"
+    assert derived.diffusion.prediction == "v"
     expected = {**config.model.to_dict(), "time_frequencies": "diffusers"}
     assert derived.model.to_dict() == expected
     assert derived.data.source == "data/imported" and derived.data.image_size == 16

@@ -9,6 +9,18 @@ The architectures correspond one to one (Ho et al.'s layout in both libraries): 
 ``i`` is ``down_blocks[i]`` / ``up_blocks[L-1-i]``, ``full`` attention at a level is an
 ``Attn{Down,Up}Block2D``, the middle attention is ``add_attention``, ``time_conditioning`` is
 ``resnet_time_scale_shift`` ("add" ↔ "default"), ``learned_variance`` doubles ``out_channels``.
+
+The variances, as ``DDPMScheduler._get_variance`` and ``step`` read them (diffusers 0.42.1)
+for t > 0, the noise added being ``std · z`` (none at t = 0):
+
+* ``fixed_small``: std = √β̃_t; ``fixed_small_log``: std = exp(½ log β̃_t), the same;
+* ``fixed_large``: std = √β_t; ``fixed_large_log``: ``_get_variance`` returns log β_t and
+  ``step`` takes its square root, i.e. NaN: imported as GLIDE's meaning, σ² = β_t, with a note;
+* ``learned_range``: log σ² = f log β_t + (1 − f) log β̃_t, f = (v + 1)/2, std = exp(½ log σ²):
+  ddpmkit's ``learned_range`` (Nichol & Dhariwal's eq. 15) exactly;
+* ``learned``: std = √v, the variance channels read as σ² itself, while ddpmkit's ``learned``
+  reads them as log σ² (√ of a log-variance is NaN). No config maps one onto the other (the
+  U-Net's last layer is linear), so ``learned`` is refused both ways.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddpmkit.diffusion import LEARNED_VARIANCES, DiffusionConfig
-from ddpmkit.errors import DdpmkitError
+from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.nn.unet import UNetConfig
 from ddpmkit.schedules import SCHEDULE_NAMES, _scaled_beta_range, make_schedule
 
@@ -95,10 +107,21 @@ VARIANCE_FROM_DIFFUSERS = {
     "fixed_small": "fixed_small",
     "fixed_small_log": "fixed_small",  # the same σ² = β̃_t, computed through its log
     "fixed_large": "fixed_large",
-    "fixed_large_log": "fixed_large",
-    "learned": "learned",
-    "learned_range": "learned_range",
+    "fixed_large_log": "fixed_large",  # GLIDE's σ² = β_t (diffusers' step gives NaN, see above)
+    "learned_range": "learned_range",  # f log β_t + (1 − f) log β̃_t, f = (v + 1)/2, in both
 }
+# "learned" means log σ² in ddpmkit, σ² in diffusers: refused both ways
+LEARNED_EXPORT_REFUSAL = (
+    "cannot export to diffusers' DDPMScheduler: diffusion.variance='learned' (this network "
+    "outputs log σ², diffusers' variance_type='learned' reads that output as σ² and its "
+    "sampling gives NaN); no config maps one onto the other: train with "
+    "diffusion.variance=learned_range, which diffusers reads as ddpmkit does"
+)
+LEARNED_IMPORT_REFUSAL = (
+    "cannot import this scheduler: variance_type='learned' (diffusers reads that output as σ², "
+    "ddpmkit's variance='learned' as log σ², and ddpmkit has no σ² variance); only "
+    "learned_range of the learned variances is read"
+)
 # beta_schedule of diffusers for each of ours with a closed form there (sigmoid goes as
 # trained_betas too, since DDIM/DPM-Solver schedulers lack "sigmoid")
 SCHEDULE_TO_DIFFUSERS = {
@@ -112,6 +135,11 @@ _TRAINED_BETAS_RTOL = 1e-6  # trained_betas equal to one of our schedules up to 
 
 class InteropError(DdpmkitError):
     """A model, config or folder that the other library cannot represent or load exactly."""
+
+
+class VarianceInteropError(InteropError, ConfigError):
+    """A variance setting that the other library reads differently (both an
+    :class:`InteropError` and a :class:`~ddpmkit.errors.ConfigError`)."""
 
 
 @dataclass
@@ -383,6 +411,8 @@ def unet_from_diffusers(d: Mapping[str, Any]) -> Converted:
 def scheduler_to_diffusers(diffusion: DiffusionConfig, clip_x0: bool) -> dict[str, Any]:
     """``DDPMScheduler``'s scheduler_config.json for ``diffusion`` (and ``sample.clip_x0``)."""
     diffusion.validate()
+    if diffusion.variance == "learned":
+        raise VarianceInteropError(LEARNED_EXPORT_REFUSAL)
     steps = diffusion.num_steps
     start, end = _scaled_beta_range(steps)
     trained = None
@@ -437,8 +467,9 @@ def scheduler_from_diffusers(d: Mapping[str, Any]) -> Converted:
     """``Converted((DiffusionConfig, clip_x0))`` of a DDPMScheduler (or DDIMScheduler) config.
 
     The β schedule must be one of ddpmkit's (β_start/β_end of linear, scaled_linear and sigmoid
-    are Ho et al.'s 1e-4/0.02 scaled by 1000/T); learned variances get the hybrid loss of
-    Nichol & Dhariwal, the others L_simple.
+    are Ho et al.'s 1e-4/0.02 scaled by 1000/T); ``learned_range`` gets the hybrid loss of
+    Nichol & Dhariwal, the fixed variances L_simple. ``variance_type="learned"`` is refused (see
+    the module's docstring).
     """
     where = "cannot import this scheduler"
     cls = d.get("_class_name", SCHEDULER_CLASS)
@@ -489,6 +520,13 @@ def scheduler_from_diffusers(d: Mapping[str, Any]) -> Converted:
         raise InteropError(
             f"{where}: prediction_type={c['prediction_type']!r} (ddpmkit has "
             f"{', '.join(PREDICTION_FROM_DIFFUSERS)})"
+        )
+    if c["variance_type"] == "learned":
+        raise VarianceInteropError(LEARNED_IMPORT_REFUSAL)
+    if c["variance_type"] == "fixed_large_log":
+        notes.append(
+            "variance_type='fixed_large_log' imported as fixed_large (σ² = β_t, GLIDE's max_log): "
+            "diffusers' DDPMScheduler.step takes the square root of log β_t there, giving NaN"
         )
     variance = VARIANCE_FROM_DIFFUSERS.get(c["variance_type"])
     if variance is None:

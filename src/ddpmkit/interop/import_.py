@@ -199,7 +199,7 @@ def import_diffusers(folder: str | Path, out: str | Path) -> ImportResult:
         raise InteropError(
             f"the U-Net has {model_config.out_channels} output channel(s) for "
             f"{model_config.in_channels} input channel(s) but the scheduler's variance_type is "
-            f"{diffusion.variance}: a learned variance (learned, learned_range) needs twice the "
+            f"{diffusion.variance}: a learned variance (learned_range) needs twice the "
             "input channels, a fixed one the same number"
         )
     notes = unet.notes + scheduler.notes
