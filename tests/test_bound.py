@@ -52,7 +52,7 @@ def test_kl_term_pointwise_equals_quadrature(variance, t):
     x0 = torch.tensor([[0.35], [-0.6]], dtype=torch.float64)
     xt = torch.tensor([[0.2], [1.4]], dtype=torch.float64)
     tt = torch.full((2,), t)
-    ours = d.vb_terms(d.p_mean_variance(model, xt, tt), x0, xt, tt).numpy()
+    ours = d.vb_terms(d.reverse_step(model(xt, tt), xt, tt), x0, xt, tt).numpy()
     for i in range(2):
         x0_i, xt_i = x0[i, 0].item(), xt[i, 0].item()
         q = stats.norm(posterior_mean(x0_i, xt_i, t), math.sqrt(BETA_TILDE[t]))
@@ -81,7 +81,7 @@ def test_expected_kl_term_matches_closed_form(variance, t):
     tt = torch.full((n,), t)
     noise = torch.randn(n, 1, generator=gen, dtype=torch.float64)
     xt = math.sqrt(ALPHA_BAR[t]) * x0 + math.sqrt(1 - ALPHA_BAR[t]) * noise  # eq. 4
-    terms = d.vb_terms(d.p_mean_variance(model, xt, tt), x0, xt, tt).numpy()
+    terms = d.vb_terms(d.reverse_step(model(xt, tt), xt, tt), x0, xt, tt).numpy()
     q_var = BETA_TILDE[t]
     p_var = model_variance(variance, t)
     coef1 = math.sqrt(ALPHA_BAR_PREV[t]) * BETAS[t] / (1 - ALPHA_BAR[t])
@@ -104,7 +104,7 @@ def test_decoder_term_pointwise_equals_scipy():
     tt = torch.zeros(4000, dtype=torch.long)
     noise = torch.randn(4000, 1, generator=gen, dtype=torch.float64)
     x1 = math.sqrt(ALPHA_BAR[0]) * x0 + math.sqrt(1 - ALPHA_BAR[0]) * noise
-    ours = d.vb_terms(d.p_mean_variance(model, x1, tt), x0, x1, tt).numpy()
+    ours = d.vb_terms(d.reverse_step(model(x1, tt), x1, tt), x0, x1, tt).numpy()
     # at t = 1 the posterior mean is x̂_0 itself (coef1 = 1, coef2 = 0) and σ² = β̃_2
     m = posterior_mean(model.posterior_x0(x1.numpy()[:, 0], 0), x1.numpy()[:, 0], 0)
     sd = math.sqrt(model_variance("fixed_small", 0))

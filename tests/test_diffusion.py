@@ -4,6 +4,7 @@ import torch
 
 from ddpmkit.diffusion import DiffusionConfig, GaussianDiffusion, spaced_timesteps
 from ddpmkit.errors import ConfigError
+from ddpmkit.sampling.grid import TimeGrid, respaced_schedule
 from ddpmkit.schedules import make_schedule
 from gaussian_oracle import ALPHA_BAR, GaussianOracle, linear_alpha_bar
 
@@ -85,7 +86,7 @@ def test_clip_keeps_eps_consistent_with_clipped_x0():
     d = diffusion()
     xt = torch.full((2, 1), 3.0, dtype=torch.float64)
     t = torch.tensor([10, 10])
-    pred = d.interpret(torch.full((2, 1), -2.0, dtype=torch.float64), xt, t, clip_x0=True)
+    pred = d.clip(d.interpret(torch.full((2, 1), -2.0, dtype=torch.float64), xt, t), xt, t)
     assert pred.x0.max() <= 1.0
     torch.testing.assert_close(d.x0_from_eps(xt, t, pred.eps), pred.x0)
 
@@ -140,10 +141,14 @@ def test_respacing_keeps_alpha_bar_on_the_subset():
     d = diffusion("cosine", 1000)
     steps = spaced_timesteps(1000, 50)
     assert steps[0] == 0 and steps[-1] == 999 and len(steps) == 50
-    spaced, mapping = d.respaced(steps)
-    torch.testing.assert_close(spaced.schedule.alphas_cumprod, d.schedule.alphas_cumprod[mapping])
-    same, _ = d.respaced(list(range(1000)))
-    torch.testing.assert_close(same.schedule.betas, d.schedule.betas, rtol=1e-12, atol=0)
+    spaced = respaced_schedule(d.schedule, steps)
+    mapping = torch.tensor(steps)
+    torch.testing.assert_close(spaced.alphas_cumprod, d.schedule.alphas_cumprod[mapping])
+    same = respaced_schedule(d.schedule, list(range(1000)))
+    torch.testing.assert_close(same.betas, d.schedule.betas, rtol=1e-12, atol=0)
+    grid = TimeGrid.spaced(d.schedule, 50)
+    assert list(grid.timesteps) == steps and grid.process.name == "cosine[50]"
+    assert TimeGrid.spaced(d.schedule, 1000).process is d.schedule  # every step: not respaced
     with pytest.raises(ConfigError):
         spaced_timesteps(1000, 1001)
 

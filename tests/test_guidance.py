@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmkit.denoiser import Denoiser, GuidedDenoiser, Prediction, guide
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.samplers import sample
+from ddpmkit.sampling.denoiser import Denoiser, ModelDenoiser, Prediction, guide
 from ddpmkit.schedules import make_schedule
 from gaussian_oracle import linear_alpha_bar
 
@@ -65,8 +65,19 @@ def setup(num_steps: int):
     return diffusion, alpha_bar
 
 
+class GuidedPair(Denoiser):
+    """Guidance of two exact denoisers (the conditional and the unconditional mixture)."""
+
+    def __init__(self, conditional: Denoiser, unconditional: Denoiser, weight: float) -> None:
+        self.conditional, self.unconditional, self.weight = conditional, unconditional, weight
+        self.diffusion = conditional.diffusion
+
+    def __call__(self, x_t, t):
+        return guide(self.conditional(x_t, t), self.unconditional(x_t, t), self.weight)
+
+
 def guided(diffusion, alpha_bar, label, weight):
-    return GuidedDenoiser(
+    return GuidedPair(
         MixtureDenoiser(diffusion, alpha_bar, label),
         MixtureDenoiser(diffusion, alpha_bar, None),
         weight,
@@ -157,8 +168,6 @@ def test_more_guidance_moves_samples_away_from_the_other_class():
 
 
 def test_one_batched_call_equals_two_separate_calls():
-    from ddpmkit.denoiser import ConditionalDenoiser, GuidedModelDenoiser
-
     diffusion, _ = setup(50)
     calls = []
 
@@ -168,22 +177,20 @@ def test_one_batched_call_equals_two_separate_calls():
 
     labels, null = torch.tensor([0, 2, 1]), 3
     x, t = torch.randn(3, 1, 2, 2, dtype=torch.float64), torch.tensor([7, 7, 7])
-    two = GuidedDenoiser(
-        ConditionalDenoiser(model, diffusion, labels),
-        ConditionalDenoiser(model, diffusion, torch.full_like(labels, null)),
+    two = guide(
+        ModelDenoiser(model, diffusion, labels)(x, t),
+        ModelDenoiser(model, diffusion, torch.full_like(labels, null))(x, t),
         2.5,
-    )(x, t)
+    )
     assert calls == [3, 3]
-    one = GuidedModelDenoiser(model, diffusion, labels, null, 2.5)(x, t)
+    one = ModelDenoiser(model, diffusion, labels, null, 2.5)(x, t)
     assert calls == [3, 3, 6]
     assert torch.allclose(one.eps, two.eps, atol=1e-12) and torch.allclose(one.x0, two.x0)
-    GuidedModelDenoiser(model, diffusion, labels, null, 0.0)(x, t)
+    ModelDenoiser(model, diffusion, labels, null, 0.0)(x, t)
     assert calls[-1] == 3  # w = 0: the conditional call only
 
 
 def test_a_doubled_batch_too_large_is_split_into_two_calls_with_the_same_result():
-    from ddpmkit.denoiser import GuidedModelDenoiser
-
     diffusion, _ = setup(50)
     calls = []
 
@@ -193,7 +200,7 @@ def test_a_doubled_batch_too_large_is_split_into_two_calls_with_the_same_result(
 
     labels = torch.tensor([0, 2, 1])
     x, t = torch.randn(3, 1, 2, 2, dtype=torch.float64), torch.tensor([7, 7, 7])
-    one = GuidedModelDenoiser(model, diffusion, labels, 3, 1.5, max_batch=6)(x, t)
-    two = GuidedModelDenoiser(model, diffusion, labels, 3, 1.5, max_batch=5)(x, t)
+    one = ModelDenoiser(model, diffusion, labels, 3, 1.5, max_batch=6)(x, t)
+    two = ModelDenoiser(model, diffusion, labels, 3, 1.5, max_batch=5)(x, t)
     assert calls == [6, 3, 3]
     assert torch.allclose(one.eps, two.eps, atol=1e-12)

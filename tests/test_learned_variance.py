@@ -15,6 +15,9 @@ from scipy import stats
 from ddpmkit.diffusion import DiffusionConfig, GaussianDiffusion, check_learned_variance_respacing
 from ddpmkit.errors import ConfigError
 from ddpmkit.samplers import sample
+from ddpmkit.sampling import integrate
+from ddpmkit.sampling.denoiser import as_denoiser
+from ddpmkit.sampling.grid import TimeGrid
 from ddpmkit.schedules import make_schedule
 from ddpmkit.timesteps import LossSecondMomentSampler, UniformSampler, make_timestep_sampler
 from gaussian_oracle import GaussianOracle, linear_alpha_bar
@@ -237,9 +240,9 @@ def test_raw_learned_variance_is_refused_under_respacing():
     kw = dict(clip_x0=False, dtype=torch.float64)
     with pytest.raises(ConfigError, match=r"all 100 steps .*learned_range"):
         sample(model, d, (4, 1), "ddpm", steps=10, generator=torch.Generator().manual_seed(0), **kw)
-    spaced, _ = d.respaced(list(range(0, T, 2)))
-    with pytest.raises(ConfigError, match="variance='learned'"):
-        spaced.nll(lambda x, t: model(x, t * 2), torch.zeros(2, 1, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="variance='learned'"):  # any respaced grid, any way
+        x = torch.zeros(2, 1, dtype=torch.float64)
+        integrate(as_denoiser(model, d), x, "ddpm", TimeGrid(d.schedule, tuple(range(0, T, 2))))
     with pytest.raises(ConfigError, match="learned_range"):
         check_learned_variance_respacing("learned", 50, 1000)
     check_learned_variance_respacing("learned_range", 50, 1000)  # the interpolation respaces
@@ -255,8 +258,8 @@ def test_raw_learned_variance_is_refused_under_respacing():
             oracle, fixed, (64, 1), "ddpm", generator=torch.Generator().manual_seed(1), **kw
         )
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    same, _ = d.respaced(list(range(T)))  # respacing onto every step changes nothing
-    assert same.respaced_from == T
+    same = TimeGrid.spaced(d.schedule, T)  # every step: the trained process, not respaced
+    assert same.every_step and same.process is d.schedule
     # DDIM (any η) never reads the variance: fewer steps are fine
     y = sample(model, d, (4, 1), "ddim", 10, eta=0.5, generator=torch.Generator().manual_seed(2))
     assert torch.isfinite(y).all()

@@ -9,6 +9,9 @@ import torch
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError
 from ddpmkit.samplers import sample
+from ddpmkit.sampling import initial_noise, integrate
+from ddpmkit.sampling.denoiser import as_denoiser
+from ddpmkit.sampling.grid import TimeGrid, respaced_schedule
 from ddpmkit.schedules import make_schedule
 from gaussian_oracle import GaussianOracle, eps_coefficients, x0_coefficients
 
@@ -205,15 +208,19 @@ def test_callback_sees_every_step_in_order():
 def test_respaced_ancestral_with_all_steps_equals_plain_ancestral():
     d = GaussianDiffusion(make_schedule("linear", 200))
     model = GaussianOracle.for_schedule("linear", 200, MU, S)
-    spaced, mapping = d.respaced(list(range(200)))
+    # the process respaced onto every step (β' = 1 − ᾱ_t/ᾱ_{t−1}, recomputed) as the grid's base
+    respaced = respaced_schedule(d.schedule, list(range(200)))
+    grid = TimeGrid(respaced, tuple(range(200)))
     calls = []
 
-    def remapped(x, t):
+    def counted(x, t):
         calls.append(t)
-        return model(x, mapping[t])
+        return model(x, t)
 
     plain = sample(model, d, (16, 1), "ddpm", generator=torch.Generator().manual_seed(3))
-    through = sample(remapped, spaced, (16, 1), "ddpm", generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    x = initial_noise((16, 1), generator)
+    through = integrate(as_denoiser(counted, d), x, "ddpm", grid, noise=generator)
     torch.testing.assert_close(through, plain, rtol=1e-6, atol=1e-7)
     assert len(calls) == 200
 

@@ -786,10 +786,10 @@ def _cmd_edit_images(args: argparse.Namespace) -> int:
 
     from ddpmkit import edit
     from ddpmkit.generate import SampleResult, load_run, write_outputs
-    from ddpmkit.samplers import check_sampler
+    from ddpmkit.sampling import get_sampler
 
     _positive(args.batch, "--batch")
-    check_sampler(args.sampler, getattr(args, "eta", 0.0))
+    get_sampler(args.sampler).check(eta=getattr(args, "eta", 0.0))
     run = load_run(args.run_dir, weights=args.weights, device=args.device, step=args.step)
     data = run.config.data
     images = edit.read_images(args.image, data.image_size, data.channels)
@@ -804,11 +804,11 @@ def _cmd_edit_images(args: argparse.Namespace) -> int:
         """The run's network, or its guided class-conditional denoiser for this batch."""
         if classes is None:
             return run.model
-        from ddpmkit.denoiser import GuidedModelDenoiser
+        from ddpmkit.sampling.denoiser import ModelDenoiser
 
         labels = torch.full((len(batch),), classes[0], dtype=torch.long)
         null = run.config.model.num_classes
-        return GuidedModelDenoiser(run.model, run.diffusion, labels, null, args.guidance)
+        return ModelDenoiser(run.model, run.diffusion, labels, null, args.guidance)
 
     if args.command == "inpaint":
         mask = edit.read_mask(args.mask, data.image_size)

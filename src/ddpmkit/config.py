@@ -25,7 +25,6 @@ from ddpmkit.data import DataConfig
 from ddpmkit.diffusion import DiffusionConfig
 from ddpmkit.errors import ConfigError
 from ddpmkit.nn.unet import UNetConfig
-from ddpmkit.samplers import SAMPLERS
 from ddpmkit.timesteps import TIMESTEP_SAMPLERS
 
 _T = TypeVar("_T")
@@ -140,6 +139,8 @@ class SampleConfig:
     clip_x0: bool = True
 
     def validate(self) -> None:
+        from ddpmkit.sampling import SAMPLERS  # on use: the config module stays light
+
         if self.sampler not in SAMPLERS:
             raise ConfigError(
                 f"unknown sample.sampler '{_clean(self.sampler)}': choose one of "

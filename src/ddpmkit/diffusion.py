@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ddpmkit.errors import ConfigError
 from ddpmkit.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from ddpmkit.precision import autocast_disabled
-from ddpmkit.schedules import SCHEDULE_NAMES, Schedule, make_schedule
+from ddpmkit.schedules import SCHEDULE_NAMES, Schedule, ScheduleTables, make_schedule
 from ddpmkit.seeding import PerSampleGenerator
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -118,11 +118,14 @@ class DiffusionConfig:
 
 
 @dataclass
-class ModelPrediction:
-    """What one network call says about x_0, given x_t (all shaped like x_t)."""
+class Prediction:
+    """What a network call says about x_0 given x_t, all shaped like x_t. ε̂ and x̂_0 are tied by
+    x_t = √ᾱ_t x̂_0 + √(1−ᾱ_t) ε̂ (Ho et al. eq. 4); ``variance`` is the network's raw variance
+    output (learned variances), else None."""
 
     eps: torch.Tensor
     x0: torch.Tensor
+    variance: torch.Tensor | None = None
 
 
 @dataclass
@@ -152,6 +155,45 @@ class BoundTerms:
     decoder: torch.Tensor  # L_0 = −log p_θ(x_0 | x_1)
     kl_sum: torch.Tensor  # Σ_{t=2..T} L_{t−1}
     per_timestep: torch.Tensor | None = None  # (B, T): L_0, L_1, …, L_{T−1}
+
+
+def posterior_mean_variance(
+    tables: ScheduleTables, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, variance and clipped log variance of q(x_{t−1} | x_t, x_0) (eq. 6–7) on the
+    process of ``tables`` (the trained one, or a time grid's respaced one)."""
+    mean = (
+        tables.coef("posterior_mean_coef1", t, x_t) * x0
+        + tables.coef("posterior_mean_coef2", t, x_t) * x_t
+    )
+    variance = tables.coef("posterior_variance", t, x_t).expand_as(x_t)
+    log_variance = tables.coef("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
+    return mean, variance, log_variance
+
+
+def reverse_log_variance(
+    tables: ScheduleTables,
+    variance: str,
+    t: torch.Tensor,
+    x_t: torch.Tensor,
+    values: torch.Tensor | None,
+) -> torch.Tensor:
+    """log σ_t² of p_θ(x_{t−1}|x_t) on the process of ``tables``: β̃_t (fixed_small), β_t
+    (fixed_large), the network's output (learned), or log σ² = v log β_t + (1 − v) log β̃_t with
+    v = (output + 1)/2 (learned_range, Nichol & Dhariwal 2021, eq. 15). The raw ``learned``
+    output holds only on the process it was trained on (see
+    :func:`check_learned_variance_respacing`)."""
+    if variance == "fixed_small":
+        return tables.coef("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
+    if variance == "fixed_large":
+        return tables.coef("fixed_large_log_variance", t, x_t).expand_as(x_t)
+    assert values is not None, "learned variances need the model's variance output"
+    if variance == "learned":
+        return values
+    fraction = (values + 1.0) / 2.0
+    log_small = tables.coef("posterior_log_variance_clipped", t, x_t)
+    log_large = tables.coef("log_betas", t, x_t)
+    return fraction * log_large + (1.0 - fraction) * log_small
 
 
 def spaced_timesteps(num_steps: int, count: int) -> list[int]:
@@ -186,11 +228,7 @@ class GaussianDiffusion:
         if loss == "hybrid" and variance not in LEARNED_VARIANCES:
             raise ConfigError("loss='hybrid' trains the variance: use variance='learned_range'")
         self.vb_weight = vb_weight
-        self._tables64 = schedule.as_dict()
-        self._fixed_large_log_variance = self._make_fixed_large_log_variance()
-        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
-        # T of the diffusion this one was respaced from (None: not respaced); see log_variance
-        self.respaced_from: int | None = None
+        self.tables = ScheduleTables(schedule)
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> GaussianDiffusion:
@@ -202,33 +240,10 @@ class GaussianDiffusion:
     def num_steps(self) -> int:
         return self.schedule.num_steps
 
-    def _make_fixed_large_log_variance(self) -> torch.Tensor:
-        """log σ_t² for σ_t² = β_t, with the first entry set to β̃_2 so that the decoder step's
-        variance is not larger than the data scale (as in the reference implementation)."""
-        betas = self.schedule.betas
-        variance = self.schedule.posterior_variance
-        if betas.numel() == 1:
-            return torch.log(betas)
-        return torch.log(torch.cat([variance[1:2], betas[1:]]))
-
     # ------------------------------------------------------------------ coefficient lookup
-    def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        key = (name, device, dtype)
-        table = self._cache.get(key)
-        if table is None:
-            source = (
-                self._fixed_large_log_variance
-                if name == "fixed_large_log_variance"
-                else self._tables64[name]
-            )
-            table = source.to(device=device, dtype=dtype)
-            self._cache[key] = table
-        return table
-
     def coef(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Entry ``t`` of the named schedule array, shaped to broadcast against ``like``."""
-        values = self._table(name, like.device, like.dtype)[t.to(like.device)]
-        return values.reshape(-1, *([1] * (like.ndim - 1)))
+        return self.tables.coef(name, t, like)
 
     def _check_t(self, t: torch.Tensor, batch: int) -> torch.Tensor:
         if not isinstance(t, torch.Tensor):
@@ -262,13 +277,7 @@ class GaussianDiffusion:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and clipped log variance of q(x_{t−1} | x_t, x_0) (eq. 6–7)."""
         t = self._check_t(t, x_t.shape[0])
-        mean = (
-            self.coef("posterior_mean_coef1", t, x_t) * x0
-            + self.coef("posterior_mean_coef2", t, x_t) * x_t
-        )
-        variance = self.coef("posterior_variance", t, x_t).expand_as(x_t)
-        log_variance = self.coef("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
-        return mean, variance, log_variance
+        return posterior_mean_variance(self.tables, x0, x_t, t)
 
     # ------------------------------------------------------------------ ε / x0 / v
     def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -324,11 +333,8 @@ class GaussianDiffusion:
         prediction, values = output.chunk(2, dim=1)
         return prediction, values
 
-    def interpret(
-        self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False
-    ) -> ModelPrediction:
-        """Turn a raw prediction (ε, x_0 or v) into (ε, x_0). With ``clip_x0`` the x_0 estimate
-        is clamped to [−1, 1] and ε recomputed from it, so that both stay consistent."""
+    def interpret(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        """Turn a raw prediction (ε, x_0 or v) into (ε, x_0)."""
         if self.prediction == "eps":
             eps = output
             x0 = self.x0_from_eps(x_t, t, eps)
@@ -338,40 +344,27 @@ class GaussianDiffusion:
         else:
             x0 = self.x0_from_v(x_t, t, output)
             eps = self.eps_from_v(x_t, t, output)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
-            eps = self.eps_from_x0(x_t, t, x0)
-        return ModelPrediction(eps=eps, x0=x0)
+        return Prediction(eps=eps, x0=x0)
 
-    def predict(
-        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False
-    ) -> ModelPrediction:
-        """One network call, read as (ε, x_0)."""
-        t = self._check_t(t, x_t.shape[0])
-        prediction, _ = self.split_output(model(x_t, t), x_t)
-        return self.interpret(prediction, x_t, t, clip_x0)
+    def read_output(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        """A raw network output read through the parameterisation (ε, x_0 or v), with its
+        variance output."""
+        raw, variance = self.split_output(output, x_t)
+        pred = self.interpret(raw, x_t, t)
+        return Prediction(pred.eps, pred.x0, variance)
+
+    def clip(self, pred: Prediction, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        """x̂_0 clamped to [−1, 1] and ε̂ recomputed from it, so that both stay consistent: the
+        one place x̂_0 is clipped (sampling, the bound)."""
+        x0 = pred.x0.clamp(-1.0, 1.0)
+        return Prediction(self.eps_from_x0(x_t, t, x0), x0, pred.variance)
 
     def log_variance(
         self, t: torch.Tensor, x_t: torch.Tensor, values: torch.Tensor | None
     ) -> torch.Tensor:
-        """log σ_t² of p_θ(x_{t−1}|x_t): β̃_t (fixed_small), β_t (fixed_large), the network's
-        output (learned), or log σ² = v log β_t + (1 − v) log β̃_t with v = (output + 1)/2
-        (learned_range, Nichol & Dhariwal 2021, eq. 15).
-
-        On a respaced diffusion (fewer steps than the network was trained with) ``learned`` is
-        refused with a :class:`ConfigError`, see :func:`check_learned_variance_respacing`."""
-        if self.variance == "fixed_small":
-            return self.coef("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
-        if self.variance == "fixed_large":
-            return self.coef("fixed_large_log_variance", t, x_t).expand_as(x_t)
-        assert values is not None, "learned variances need the model's variance output"
-        if self.variance == "learned":
-            check_learned_variance_respacing(self.variance, self.num_steps, self.respaced_from)
-            return values
-        fraction = (values + 1.0) / 2.0
-        log_small = self.coef("posterior_log_variance_clipped", t, x_t)
-        log_large = self.coef("log_betas", t, x_t)
-        return fraction * log_large + (1.0 - fraction) * log_small
+        """log σ_t² of p_θ(x_{t−1}|x_t) for this diffusion's variance
+        (:func:`reverse_log_variance`)."""
+        return reverse_log_variance(self.tables, self.variance, t, x_t, values)
 
     def reverse_step(
         self,
@@ -381,23 +374,24 @@ class GaussianDiffusion:
         clip_x0: bool = False,
         detach_mean: bool = False,
     ) -> ReverseStep:
-        """p_θ(x_{t−1} | x_t) from a raw model output: mean μ̃_t(x_t, x̂_0) (eq. 7 with x̂_0 from
-        the model, which equals eq. 11 for ε-prediction) and the variance of :meth:`log_variance`.
-        ``detach_mean`` stops gradients through the mean (L_vlb of the hybrid loss)."""
+        """p_θ(x_{t−1} | x_t) from a raw model output (:meth:`reverse_from`). ``detach_mean``
+        stops gradients through the mean (L_vlb of the hybrid loss)."""
         prediction, values = self.split_output(output, x_t)
         if detach_mean:
             prediction = prediction.detach()
-        pred = self.interpret(prediction, x_t, t, clip_x0)
-        mean, _, _ = self.q_posterior(pred.x0, x_t, t)
-        log_variance = self.log_variance(t, x_t, values)
-        return ReverseStep(mean, torch.exp(log_variance), log_variance, pred.x0, pred.eps)
+        pred = self.interpret(prediction, x_t, t)
+        return self.reverse_from(Prediction(pred.eps, pred.x0, values), x_t, t, clip_x0)
 
-    def p_mean_variance(
-        self, model: Model, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False
+    def reverse_from(
+        self, pred: Prediction, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False
     ) -> ReverseStep:
-        """One network call, read as p_θ(x_{t−1} | x_t) (see :meth:`reverse_step`)."""
-        t = self._check_t(t, x_t.shape[0])
-        return self.reverse_step(model(x_t, t), x_t, t, clip_x0)
+        """p_θ(x_{t−1} | x_t) from a prediction: mean μ̃_t(x_t, x̂_0) (eq. 7 with x̂_0 from the
+        model, which equals eq. 11 for ε-prediction) and the variance of :meth:`log_variance`."""
+        if clip_x0:
+            pred = self.clip(pred, x_t, t)
+        mean, _, _ = self.q_posterior(pred.x0, x_t, t)
+        log_variance = self.log_variance(t, x_t, pred.variance)
+        return ReverseStep(mean, torch.exp(log_variance), log_variance, pred.x0, pred.eps)
 
     # ------------------------------------------------------------------ variational bound
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
@@ -428,7 +422,7 @@ class GaussianDiffusion:
     @torch.no_grad()
     def nll(
         self,
-        model: Model,
+        model: Model | Callable[[torch.Tensor, torch.Tensor], Prediction],
         x0: torch.Tensor,
         generator: torch.Generator | None = None,
         clip_x0: bool = True,
@@ -437,7 +431,9 @@ class GaussianDiffusion:
     ) -> BoundTerms:
         """The full variational bound L_vlb = L_T + Σ_{t>1} L_{t−1} + L_0 (Ho et al., eq. 5) of
         each image, in bits/dim: every term evaluated once at a fresh q(x_t|x_0) draw (T network
-        calls per batch). ``x0`` must hold 8-bit data scaled to [−1, 1] for the decoder term."""
+        calls per batch). ``x0`` must hold 8-bit data scaled to [−1, 1] for the decoder term.
+        ``model`` is a network (its raw output is read by this diffusion) or a Denoiser (its
+        :class:`Prediction`; e.g. a class-conditional network at given labels)."""
         batch, dims = x0.shape[0], x0[0].numel()
         to_bits = 1.0 / (dims * math.log(2))
         terms = torch.zeros(batch, self.num_steps, dtype=torch.float64, device=x0.device)
@@ -447,7 +443,10 @@ class GaussianDiffusion:
             t = torch.full((batch,), i, dtype=torch.long, device=x0.device)
             noise = normal_like(x0.shape, generator, x0)
             x_t = self.q_sample(x0, t, noise)
-            step = self.reverse_step(model(x_t, t), x_t, t, clip_x0=clip_x0)
+            output = model(x_t, t)
+            if isinstance(output, torch.Tensor):
+                output = self.read_output(output, x_t, t)
+            step = self.reverse_from(output, x_t, t, clip_x0=clip_x0)
             terms[:, i] = self.vb_terms(step, x0, x_t, t).double() * to_bits
         prior = self.prior_kl(x0).double() * to_bits
         decoder = terms[:, 0]
@@ -541,39 +540,3 @@ class GaussianDiffusion:
                     per_example = per_example + self.vb_weight * self.num_steps * vb
             weighted = per_example if weights is None else per_example * weights.to(dtype)
             return LossOutput(loss=weighted.mean(), per_example=per_example, t=t)
-
-    # ------------------------------------------------------------------ respacing
-    def respaced(self, timesteps: list[int]) -> tuple[GaussianDiffusion, torch.Tensor]:
-        """A diffusion over the subset ``timesteps`` (increasing) of this one's steps, with
-        β'_i = 1 − ᾱ_{s_i}/ᾱ_{s_{i−1}} so that ᾱ' equals ᾱ on the subset (Nichol & Dhariwal
-        2021, §4), and the map from its step index i back to the original step s_i, which is what
-        the network must be called with."""
-        if not timesteps or any(b <= a for a, b in zip(timesteps, timesteps[1:], strict=False)):
-            raise ConfigError("respacing needs a non-empty increasing list of timesteps")
-        if timesteps[0] < 0 or timesteps[-1] >= self.num_steps:
-            raise ConfigError(f"timesteps must lie in [0, {self.num_steps - 1}]")
-        index = torch.tensor(timesteps, dtype=torch.long)
-        alpha_bar = self.schedule.alphas_cumprod[index]
-        prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
-        betas = 1.0 - alpha_bar / prev
-        schedule = Schedule(name=f"{self.schedule.name}[{len(timesteps)}]", betas=betas)
-        spaced = GaussianDiffusion(
-            schedule, self.prediction, self.variance, self.loss, self.vb_weight
-        )
-        spaced.respaced_from = self.respaced_from or self.num_steps
-        return spaced, index
-
-    def truncated(self, num_steps: int) -> GaussianDiffusion:
-        """The same process stopped at step ``num_steps`` − 1 (its first ``num_steps`` β, so ᾱ is
-        unchanged there): what sampling from an intermediate x_t (SDEdit) integrates over."""
-        if not 1 <= num_steps <= self.num_steps:
-            raise ConfigError(f"a truncated process needs 1 to {self.num_steps} steps")
-        if num_steps == self.num_steps:
-            return self
-        name = f"{self.schedule.name}[:{num_steps}]"
-        schedule = Schedule(name=name, betas=self.schedule.betas[:num_steps].clone())
-        short = GaussianDiffusion(
-            schedule, self.prediction, self.variance, self.loss, self.vb_weight
-        )
-        short.respaced_from = self.respaced_from
-        return short

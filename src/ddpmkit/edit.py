@@ -22,49 +22,28 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ddpmkit.denoiser import Denoiser, Prediction, as_denoiser, timesteps_like
 from ddpmkit.diffusion import GaussianDiffusion, Model, normal_like
 from ddpmkit.errors import ConfigError
-from ddpmkit.samplers import ancestral_step, predict, sample, spaced_process
-from ddpmkit.seeding import NoiseGenerator
+from ddpmkit.sampling import Sampler, integrate, make_grid, sample
+from ddpmkit.sampling.denoiser import Denoiser, KnownPixels, as_denoiser, timesteps_like
+from ddpmkit.sampling.grid import TimeGrid
+from ddpmkit.sampling.repaint import PAPER_STEPS, repaint, repaint_levels
+from ddpmkit.seeding import NoiseGenerator, per_sample_batches
 
 INPAINT_METHODS = ("repaint", "replace")
+REPAINT = Sampler("repaint", repaint, TimeGrid.spaced, PAPER_STEPS)
 
-
-class KnownPixels(Denoiser):
-    """x̂_0 with the known pixels (``mask`` = 1) replaced by ``known``; ε̂ recomputed from it."""
-
-    def __init__(self, inner: Denoiser, known: torch.Tensor, mask: torch.Tensor) -> None:
-        self.inner = inner
-        self.diffusion = inner.diffusion
-        self.known = known
-        self.mask = mask
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
-        pred = self.inner(x_t, t)
-        mask = self.mask.to(x_t.device, x_t.dtype)
-        x0 = mask * self.known.to(x_t.device, x_t.dtype) + (1 - mask) * pred.x0
-        return Prediction(self.diffusion.eps_from_x0(x_t, t, x0), x0, pred.variance)
-
-
-def repaint_levels(count: int, jump: int, resample: int) -> list[int]:
-    """The RePaint visiting order of the levels of a ``count``-step process: level ℓ holds
-    x_ℓ (−1 is x_0). Going down one level is an ancestral step; after reaching a level that is a
-    multiple of ``jump`` (below the top jump) the walk goes back up ``jump`` levels, ``resample``
-    − 1 times for each such level, then continues down."""
-    if jump < 1 or resample < 1:
-        raise ConfigError("--jump and --resample must be >= 1")
-    left = {level: resample - 1 for level in range(0, count - jump, jump)}
-    level, levels = count - 1, [count - 1]
-    while level >= 0:
-        level -= 1
-        levels.append(level)
-        if left.get(level, 0) > 0:
-            left[level] -= 1
-            for _ in range(jump):
-                level += 1
-                levels.append(level)
-    return levels
+__all__ = [
+    "INPAINT_METHODS",
+    "KnownPixels",
+    "inpaint",
+    "in_batches",
+    "read_images",
+    "read_mask",
+    "region_mask",
+    "repaint_levels",
+    "sdedit",
+]
 
 
 def _check_inputs(images: torch.Tensor, mask: torch.Tensor) -> None:
@@ -90,8 +69,9 @@ def inpaint(
     progress: bool = False,
 ) -> torch.Tensor:
     """Fill the pixels where ``mask`` is 0 (1 = known; broadcast over channels) of ``images``
-    in [−1, 1]. ``replace`` works with every sampler; ``repaint`` is ancestral (on ``steps``
-    respaced steps, default all T) with the resampling schedule of (``jump``, ``resample``)."""
+    in [−1, 1]. ``replace`` works with every sampler; ``repaint`` is ancestral, on ``steps``
+    respaced steps (default the paper's 250, or all T when T is smaller) with the resampling
+    schedule of (``jump``, ``resample``)."""
     if method not in INPAINT_METHODS:
         raise ConfigError(f"unknown inpainting method '{method}': use repaint or replace")
     _check_inputs(images, mask)
@@ -113,45 +93,21 @@ def inpaint(
     else:
         if sampler != "ddpm":
             raise ConfigError("RePaint is an ancestral method: use --sampler ddpm with it")
-        out = _repaint(
-            denoiser, diffusion, images, mask, steps, jump, resample, clip_x0, generator, progress
+        grid = make_grid(REPAINT, diffusion.schedule, steps)
+        out = integrate(
+            denoiser,
+            normal_like(images.shape, generator, images),
+            REPAINT,
+            grid,
+            noise=generator,
+            clip_x0=clip_x0,
+            progress=progress,
+            known=images,
+            mask=mask,
+            jump=jump,
+            resample=resample,
         )
     return mask * images + (1 - mask) * out
-
-
-def _repaint(
-    denoiser: Denoiser,
-    diffusion: GaussianDiffusion,
-    images: torch.Tensor,
-    mask: torch.Tensor,
-    steps: int | None,
-    jump: int,
-    resample: int,
-    clip_x0: bool,
-    generator: NoiseGenerator | None,
-    progress: bool,
-) -> torch.Tensor:
-    timesteps, spaced = spaced_process(diffusion, steps or diffusion.num_steps)
-    alpha_bar = spaced.schedule.alphas_cumprod
-    levels = repaint_levels(len(timesteps), jump, resample)
-    x = normal_like(images.shape, generator, images)
-    with torch.no_grad():
-        for here, there in tqdm(
-            list(zip(levels, levels[1:], strict=False)), desc="repaint", disable=not progress
-        ):
-            if there > here:  # back up one level: q(x_{ℓ+1} | x_ℓ)
-                ratio = float(alpha_bar[there] / (alpha_bar[here] if here >= 0 else 1.0))
-                noise = normal_like(images.shape, generator, images)
-                x = ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
-                continue
-            pred = predict(denoiser, diffusion, x, timesteps[here], clip_x0)
-            unknown = ancestral_step(spaced, pred, x, here, generator)  # no noise at level 0
-            known = images
-            if there >= 0:  # a fresh draw of q(x_there | x_0)
-                a = float(alpha_bar[there])
-                known = a**0.5 * images + (1 - a) ** 0.5 * normal_like(x.shape, generator, x)
-            x = mask * known + (1 - mask) * unknown
-    return x
 
 
 def sdedit(
@@ -257,14 +213,9 @@ def in_batches(
 ) -> torch.Tensor:
     """Apply ``edit_batch(images, generator)`` in batches; image i draws its noise from its own
     generator seeded from (seed, i), so the result does not depend on the batch size."""
-    from ddpmkit.seeding import PerSampleGenerator
-
-    if batch_size < 1:
-        raise ConfigError("the batch size must be >= 1")
     outputs = []
-    for start in tqdm(range(0, len(images), batch_size), desc="editing", disable=not progress):
-        batch = images[start : start + batch_size].to(device)
-        indices = range(start, start + len(batch))
-        generator = PerSampleGenerator.for_samples(seed, indices, device)
+    batches = per_sample_batches(0, len(images), batch_size, seed, device)
+    for indices, generator in tqdm(batches, desc="editing", disable=not progress):
+        batch = images[indices.start : indices.stop].to(device)
         outputs.append(edit_batch(batch, generator).cpu())
     return torch.cat(outputs)

@@ -20,7 +20,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpmkit.data import DataConfig, load_dataset, to_uint8
-from ddpmkit.diffusion import spaced_timesteps
 from ddpmkit.errors import ConfigError, DataError, RunDirError
 from ddpmkit.generate import LoadedRun, SampleRequest, generate
 from ddpmkit.metrics.extractors import EXTRACTORS, FeatureExtractor, extract_features
@@ -29,7 +28,7 @@ from ddpmkit.metrics.kid import kernel_inception_distance
 from ddpmkit.metrics.precision_recall import precision_recall
 from ddpmkit.metrics.reference import reference_features
 from ddpmkit.rundir import RunDir
-from ddpmkit.samplers import check_sampler, default_steps, function_evaluations
+from ddpmkit.sampling import get_sampler
 
 
 @dataclass
@@ -157,10 +156,13 @@ def plan(request: EvalRequest, num_steps: int) -> list[tuple[str, int]]:
         raise ConfigError(f"--batch must be >= 1, got {request.batch_size}")
     pairs = []
     for sampler in request.samplers:
-        check_sampler(sampler)
+        spec = get_sampler(sampler)
         for steps in request.steps:
-            count = default_steps(sampler, num_steps) if steps is None else steps
-            spaced_timesteps(num_steps, count)  # raises for a count outside [1, T]
+            count = spec.steps_for(num_steps) if steps is None else steps
+            if not 1 <= count <= num_steps:
+                raise ConfigError(
+                    f"steps must be between 1 and the model's {num_steps} steps, got {count}"
+                )
             if (sampler, count) not in pairs:
                 pairs.append((sampler, count))
     return pairs
@@ -209,7 +211,7 @@ def evaluate(
         classifier = load_classifier(request.classifier, run.device)
     for sampler, steps, weight, sample_request in _sample_requests(run, request):
         if progress:
-            nfe = function_evaluations(sampler, steps)
+            nfe = get_sampler(sampler).calls(steps)
             tqdm.write(f"{sampler}, {steps} steps ({nfe} NFE), guidance {weight:g}")
         started = time.perf_counter()
         result = generate(
@@ -302,7 +304,7 @@ def _row(
     started = time.perf_counter()
     fake = _features(images, extractor, request, progress, distributed)
     fid, kid_mean, kid_std, precision, recall = score(fake, reference, request)
-    nfe = function_evaluations(sampler, steps) if sampler != "npz" else 0
+    nfe = get_sampler(sampler).calls(steps) if sampler != "npz" else 0
     return EvalRow(
         sampler,
         steps,

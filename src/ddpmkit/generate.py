@@ -13,15 +13,15 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ddpmkit.config import RunConfig
-from ddpmkit.denoiser import GuidedModelDenoiser
-from ddpmkit.diffusion import GaussianDiffusion, spaced_timesteps
+from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError
 from ddpmkit.fileio import atomic_write_bytes
 from ddpmkit.nn import UNet
 from ddpmkit.precision import with_autocast
 from ddpmkit.rundir import RunDir
-from ddpmkit.samplers import SamplerStep, check_sampler, sample
-from ddpmkit.seeding import PerSampleGenerator
+from ddpmkit.sampling import Sampler, SamplerStep, get_sampler, initial_noise, integrate, make_grid
+from ddpmkit.sampling.denoiser import ModelDenoiser
+from ddpmkit.seeding import per_sample_batches
 from ddpmkit.viz import save_gif, save_grid, to_uint8
 
 
@@ -76,7 +76,7 @@ class SampleRequest:
     ``batch_size``."""
 
     n: int = 64
-    sampler: str = "ddpm"
+    sampler: str | Sampler = "ddpm"  # a name of ddpmkit.sampling.SAMPLERS, or any Sampler
     steps: int | None = None
     eta: float = 0.0
     clip_x0: bool = True
@@ -119,9 +119,10 @@ def generate(
     if request.seed < 0:
         raise ConfigError(f"the seed must be >= 0, got {request.seed}")
     # check the request before any work or progress bar
-    check_sampler(request.sampler, request.eta)
-    if request.steps is not None:
-        spaced_timesteps(diffusion.num_steps, request.steps)
+    sampler = get_sampler(request.sampler)
+    sampler.check(eta=request.eta)
+    grid = make_grid(sampler, diffusion.schedule, request.steps)
+    options = {"eta": request.eta} if request.eta else {}
     labels = None
     if request.labels is not None:
         labels = torch.as_tensor(list(request.labels), dtype=torch.long)
@@ -131,17 +132,21 @@ def generate(
         raise ConfigError("guidance needs class labels (a class-conditional run and --class)")
     if request.amp:
         model = with_autocast(model, device)
+    denoiser = ModelDenoiser(
+        model,
+        diffusion,
+        null_label=request.null_label,
+        guidance=request.guidance,
+        max_batch=GUIDANCE_CPU_MAX_BATCH if device.type == "cpu" else None,
+    )
     images, frames = [], []
     first, last = 0, request.n
     if distributed:
         rank, world = dist.get_rank(), dist.get_world_size()
         first, last = request.n * rank // world, request.n * (rank + 1) // world
-    batches = range(first, last, request.batch_size)
     bar = tqdm(total=last - first, desc="sampling", unit="img", disable=not progress)
-    for k, start in enumerate(batches):
-        count = min(request.batch_size, last - start)
-        indices = range(start, start + count)
-        generator = PerSampleGenerator.for_samples(request.seed, indices, device)
+    batches = per_sample_batches(first, last, request.batch_size, request.seed, device)
+    for k, (indices, generator) in enumerate(batches):
         callback = None
         if k == 0 and request.gif_frames > 0:
 
@@ -150,31 +155,20 @@ def generate(
                 if (step.total - 1 - step.index) % every == 0 and step.index < step.total - 1:
                     frames.append(step.x.detach().cpu())
 
-        denoiser = model
-        if labels is not None:
-            denoiser = GuidedModelDenoiser(
-                model,
-                diffusion,
-                labels[start : start + count],
-                request.null_label,
-                request.guidance,
-                max_batch=GUIDANCE_CPU_MAX_BATCH if device.type == "cpu" else None,
-            )
-        batch = sample(
-            denoiser,
-            diffusion,
-            (count, *image_shape),
-            sampler=request.sampler,
-            steps=request.steps,
-            eta=request.eta,
-            clip_x0=request.clip_x0,
-            generator=generator,
+        rows = None if labels is None else labels[indices.start : indices.stop]
+        batch = integrate(
+            denoiser.at(rows),
+            initial_noise((len(indices), *image_shape), generator, device),
+            sampler,
+            grid,
+            noise=generator,
             callback=callback,
-            device=device,
+            clip_x0=request.clip_x0,
             progress=progress and request.n <= request.batch_size,
+            **options,
         )
         images.append(batch.cpu())
-        bar.update(count)
+        bar.update(len(indices))
     bar.close()
     result = torch.cat(images) if images else torch.empty(0, *image_shape)
     if distributed:

@@ -140,6 +140,14 @@ class Schedule:
             (1.0 - self.alphas_cumprod_prev) * torch.sqrt(self.alphas) / (1.0 - self.alphas_cumprod)
         )
 
+    @property
+    def fixed_large_log_variance(self) -> torch.Tensor:
+        """log σ_t² for σ_t² = β_t, with the first entry set to β̃_2 so that the decoder step's
+        variance is not larger than the data scale (as in the reference implementation)."""
+        if self.betas.numel() == 1:
+            return torch.log(self.betas)
+        return torch.log(torch.cat([self.posterior_variance[1:2], self.betas[1:]]))
+
     def as_dict(self) -> dict[str, torch.Tensor]:
         """Every derived array by name (float64); what the diffusion caches per device/dtype."""
         ac = self.alphas_cumprod
@@ -157,6 +165,32 @@ class Schedule:
             "posterior_mean_coef2": self.posterior_mean_coef2,
             "log_betas": torch.log(self.betas),
         }
+
+
+class ScheduleTables:
+    """A schedule's arrays (:meth:`Schedule.as_dict` and ``fixed_large_log_variance``), cast
+    once per (device, dtype) and looked up at integer steps. The diffusion and every time grid
+    read their coefficients through one of these."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self._tables64 = schedule.as_dict()
+        self._tables64["fixed_large_log_variance"] = schedule.fixed_large_log_variance
+        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def table(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The whole named array on ``device`` in ``dtype``."""
+        key = (name, device, dtype)
+        table = self._cache.get(key)
+        if table is None:
+            table = self._tables64[name].to(device=device, dtype=dtype)
+            self._cache[key] = table
+        return table
+
+    def coef(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Entry ``t`` (shape (B,)) of the named array, shaped to broadcast against ``like``."""
+        values = self.table(name, like.device, like.dtype)[t.to(like.device)]
+        return values.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def make_schedule(name: str, num_steps: int) -> Schedule:

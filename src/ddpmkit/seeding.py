@@ -16,7 +16,7 @@ the same device type and torch version.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -67,3 +67,16 @@ class PerSampleGenerator:
 
 
 NoiseGenerator = torch.Generator | PerSampleGenerator  # what the samplers draw noise from
+
+
+def per_sample_batches(
+    start: int, stop: int, batch_size: int, seed: int, device: torch.device | str = "cpu"
+) -> Iterator[tuple[range, PerSampleGenerator]]:
+    """Images ``start`` … ``stop − 1`` in batches of ``batch_size``: each batch's indices and the
+    generator whose row j is seeded from (``seed``, index j). What sampling, editing and the
+    bound iterate over, so that an image's noise never depends on the batching."""
+    if batch_size < 1:
+        raise ConfigError("the batch size must be >= 1")
+    for first in range(start, stop, batch_size):
+        indices = range(first, min(first + batch_size, stop))
+        yield indices, PerSampleGenerator.for_samples(seed, indices, device)
