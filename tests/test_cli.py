@@ -17,7 +17,8 @@ from PIL import Image
 
 from conftest import TINY, read_metrics
 from ddpmkit import __version__
-from ddpmkit.cli import _build_parser, main
+from ddpmkit.cli import main
+from ddpmkit.cli.parser import build_parser as _build_parser
 from ddpmkit.rundir import RunDir
 from ddpmkit.training import Trainer
 

@@ -110,7 +110,7 @@ def test_sample_classes_with_guidance(conditional_run, tmp_path, capsys):
     [
         (["--class", "12"], "unknown class '12'"),
         (["--class", "cat"], "unknown class 'cat'"),
-        (["--guidance", "2"], "guidance needs class labels"),
+        (["--guidance", "2"], "--guidance needs --class"),
     ],
 )
 def test_class_mistakes_are_one_line(conditional_run, capsys, extra, message):

@@ -151,3 +151,23 @@ def test_sdedit_and_inpaint_refuse_bad_settings():
         inpaint(lambda x, t: x, diffusion, images, torch.ones(1, 1, 2, 2), sampler="ddim")
     with pytest.raises(ConfigError, match="height and width"):
         inpaint(lambda x, t: x, diffusion, images, torch.ones(1, 1, 3, 2))
+
+
+def test_repaint_defaults_to_the_papers_250_respaced_steps() -> None:
+    """Lugmayr et al. use 250 respaced steps with jump 10 × resample 10: 2,410 network calls at
+    T = 1000 (all T steps were 9,910); a process shorter than 250 steps uses all of them."""
+    calls = []
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    image, mask = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
+    for steps, expected in ((1000, 2410), (100, None)):
+        calls.clear()
+        diffusion = GaussianDiffusion(make_schedule("linear", steps))
+        inpaint(model, diffusion, image, mask, "repaint", generator=torch.Generator())
+        levels = repaint_levels(min(250, steps), 10, 10)
+        assert len(calls) == sum(b < a for a, b in zip(levels, levels[1:], strict=False))
+        assert expected is None or len(calls) == expected
+        assert len(set(calls)) == min(250, steps) and max(calls) == steps - 1

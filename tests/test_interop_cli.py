@@ -257,3 +257,18 @@ def test_flat_layout_of_early_hub_uploads(tmp_path: Path, capsys) -> None:
         flat / "scheduler_config.json"
     )
     assert main(["import", str(flat), "--out", str(tmp_path / "run")]) == 0
+
+
+def test_the_model_cards_example_runs_on_a_short_process(tmp_path: Path) -> None:
+    """DDPMPipeline's default 1000 steps fail on a T = 100 export: the card's example names T,
+    and that very line runs in diffusers."""
+    make_run(tmp_path / "run", TINY_MODEL, diffusion={"num_steps": 100})
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hub")]) == 0
+    card = (tmp_path / "hub" / "README.md").read_text(encoding="utf-8")
+    line = next(x for x in card.splitlines() if x.startswith("image = pipeline("))
+    assert "num_inference_steps=100" in line
+    pipeline = diffusers.DDPMPipeline.from_pretrained(str(tmp_path / "hub"))
+    pipeline.set_progress_bar_config(disable=True)
+    scope = {"pipeline": pipeline}
+    exec(line, scope)  # the card's own line
+    assert scope["image"].size == (16, 16)

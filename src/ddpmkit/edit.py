@@ -2,8 +2,10 @@
 
 - Replacement: the known pixels of x̂_0 are replaced by the given image at every step
   (:class:`KnownPixels`, a Denoiser wrapper, so every sampler can inpaint). Under ancestral
-  sampling the known pixels of x_{t−1} are then drawn from q(x_{t−1} | x_t, x_0), whose marginal
-  is q(x_{t−1} | x_0): the classic replacement method. The unknown pixels see the known ones only
+  sampling the known pixels of x_{t−1} are then drawn from the model's step with x̂_0 = x_0:
+  with ``fixed_small`` (σ² = β̃_t) that is q(x_{t−1} | x_t, x_0), whose marginal is
+  q(x_{t−1} | x_0), the classic replacement method; other variances (β_t, learned) draw them
+  with their own variance instead. The unknown pixels see the known ones only
   through x_t, which biases them (measured in the tests against the exact conditional).
 - RePaint (Lugmayr et al. 2022, Algorithm 1): ancestral steps whose known pixels are a fresh
   draw of q(x_{t−1} | x_0), with a resampling schedule that noises x_{t−1} back to x_t
@@ -18,6 +20,8 @@ In every method the known pixels of the output equal the input exactly (pasted a
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -171,10 +175,12 @@ def region_mask(region: str, size: int) -> torch.Tensor:
     return mask
 
 
-def read_mask(spec: str, size: int) -> torch.Tensor:
-    """A mask from a region name or an image file: white (≥ 128) marks the pixels to fill, black
-    the known ones (the diffusers convention); returns 1 = known."""
-    from pathlib import Path
+def read_mask(spec: str, size: int, invert: bool = False) -> torch.Tensor:
+    """A mask from a region name or an image file; returns 1 = known, 0 = to fill.
+
+    In an image file white (≥ 128) marks the pixels to fill and black the known ones (Stable
+    Diffusion's and diffusers' inpainting pipelines). RePaint's own masks and diffusers'
+    ``RePaintPipeline`` use the opposite, white = keep: read those with ``invert=True``."""
 
     from ddpmkit.data import load_image
 
@@ -187,12 +193,12 @@ def read_mask(spec: str, size: int) -> torch.Tensor:
         )
 
     gray = load_image(spec, size, channels=1)  # [-1, 1]
-    return (gray < 0.0).to(torch.float32).unsqueeze(0)
+    known = gray >= 0.0 if invert else gray < 0.0
+    return known.to(torch.float32).unsqueeze(0)
 
 
 def read_images(source: str, size: int, channels: int) -> torch.Tensor:
     """One image file or every image of a folder, as (N, C, size, size) in [−1, 1]."""
-    from pathlib import Path
 
     from ddpmkit.data import DataConfig, from_uint8, load_dataset, load_image
 
@@ -219,3 +225,113 @@ def in_batches(
         batch = images[indices.start : indices.stop].to(device)
         outputs.append(edit_batch(batch, generator).cpu())
     return torch.cat(outputs)
+
+
+@dataclass
+class EditOutcome:
+    """What :func:`edit_run` wrote."""
+
+    written: list[Path]
+    n: int
+    seconds: float
+    step: int | None
+    conditioning: str
+
+
+def edit_run(
+    run_dir: str | Path,
+    images: str,
+    *,
+    method: str = "sdedit",
+    mask: str = "lower",
+    invert_mask: bool = False,
+    strength: float = 0.5,
+    jump: int = 10,
+    resample: int = 10,
+    eta: float = 0.0,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    classes: str | None = None,
+    guidance: float = 0.0,
+    clip_x0: bool = True,
+    seed: int = 0,
+    batch_size: int = 64,
+    grid: str | Path | None = None,
+    npz: str | Path | None = None,
+    weights: str = "ema",
+    device: str = "auto",
+    step: int | None = None,
+    progress: bool = True,
+) -> EditOutcome:
+    """``ddpm inpaint`` (``method`` repaint or replace) and ``ddpm edit`` (``method="sdedit"``)
+    on one image or a folder: a grid of input/result pairs and an npz of the results."""
+    import time
+
+    from ddpmkit.generate import SampleResult, check_output_files, write_outputs
+    from ddpmkit.run.conditioning import describe
+    from ddpmkit.run.loaded import load_run
+    from ddpmkit.rundir import RunDir
+    from ddpmkit.sampling import get_sampler
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch_size}")
+    get_sampler(sampler).check(eta=eta)
+    run = load_run(run_dir, weights=weights, device=device, step=step)
+    conditioning = run.conditioning(classes, guidance, "editing")
+    if conditioning.classes is not None and len(conditioning.classes) != 1:
+        raise ConfigError("--class takes one class for inpaint and edit")
+    data = run.config.data
+    inputs = read_images(images, data.image_size, data.channels)
+
+    def denoiser(batch: torch.Tensor):
+        """The run's denoiser for this batch: unconditional (the null class) or steered."""
+        if conditioning.classes is None:
+            return run.denoiser()
+        labels = torch.full((len(batch),), conditioning.classes[0], dtype=torch.long)
+        return run.denoiser(labels, guidance)
+
+    if method == "sdedit":
+        shown, name = inputs, f"edit-s{strength:g}-{sampler}-seed{seed}"
+
+        def one_batch(batch, generator):
+            return sdedit(
+                denoiser(batch),
+                run.diffusion,
+                batch,
+                strength,
+                sampler,
+                steps,
+                eta,
+                clip_x0,
+                generator,
+            )
+    else:
+        known = read_mask(mask, data.image_size, invert_mask)
+        shown, name = known * inputs, f"inpaint-{method}-{sampler}-seed{seed}"  # fill: gray
+
+        def one_batch(batch, generator):
+            return inpaint(
+                denoiser(batch),
+                run.diffusion,
+                batch,
+                known.to(batch.device),
+                method,
+                sampler,
+                steps,
+                jump,
+                resample,
+                clip_x0,
+                generator,
+            )
+
+    grid = Path(grid) if grid else RunDir(run_dir).sample_path(name)
+    npz = Path(npz) if npz else grid.with_suffix(".npz")
+    check_output_files([grid, npz])
+    started = time.perf_counter()
+    results = in_batches(one_batch, inputs, seed, batch_size, run.device, progress=progress)
+    seconds = time.perf_counter() - started
+    pairs = torch.stack([shown, results], dim=1).flatten(0, 1)  # input_0, result_0, …
+    written = write_outputs(SampleResult(pairs, []), grid=grid, nrow=min(8, 2 * len(inputs)))
+    written += write_outputs(SampleResult(results, []), npz=npz)
+    shown_conditioning = describe(conditioning, run.num_classes, run.class_names)
+    return EditOutcome(written, len(inputs), seconds, run.step, shown_conditioning)

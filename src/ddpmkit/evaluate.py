@@ -8,9 +8,10 @@ Results are merged into ``RUN_DIR/eval.json`` so that several calls build one qu
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,13 @@ from tqdm.auto import tqdm
 
 from ddpmkit.data import DataConfig, load_dataset, to_uint8
 from ddpmkit.errors import ConfigError, DataError, RunDirError
-from ddpmkit.generate import LoadedRun, SampleRequest, generate
+from ddpmkit.generate import SampleRequest, generate
 from ddpmkit.metrics.extractors import EXTRACTORS, FeatureExtractor, extract_features
 from ddpmkit.metrics.frechet import GaussianStats, frechet_distance
 from ddpmkit.metrics.kid import kernel_inception_distance
 from ddpmkit.metrics.precision_recall import precision_recall
 from ddpmkit.metrics.reference import reference_features
+from ddpmkit.run.loaded import LoadedRun
 from ddpmkit.rundir import RunDir
 from ddpmkit.sampling import get_sampler
 
@@ -204,6 +206,8 @@ def evaluate(
     classes = run.config.model.num_classes
     if classes == 0 and any(request.guidance):
         raise ConfigError("--guidance needs a class-conditional run (train.conditional=true)")
+    for weight in request.guidance if classes else ():  # rows sample every class
+        run.conditioning("all", weight, "evaluation")  # guidance needs a trained null class
     classifier = None
     if classes and request.classifier:
         from ddpmkit.metrics.classifier import load_classifier
@@ -351,8 +355,12 @@ def merge_into(path: Path, report: EvalReport) -> dict[str, Any]:
 
 
 def write_eval_json(path: Path, report: EvalReport) -> dict[str, Any]:
+    """``report`` merged into the eval.json at ``path`` (a row evaluated again replaces its
+    own), written atomically; returns the merged results."""
+    from ddpmkit.fileio import atomic_write_text
+
     merged = merge_into(path, report)
-    RunDir(path.parent).write_json(path.name, merged)
+    atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
     return merged
 
 
@@ -389,3 +397,126 @@ def default_features(data: DataConfig) -> str:
 def check_features(name: str) -> None:
     if name not in EXTRACTORS:
         raise ConfigError(f"unknown features '{name}': choose one of {', '.join(EXTRACTORS)}")
+
+
+@dataclass
+class EvalOutcome:
+    """What :func:`run_eval` did, for the command line to show (process 0; the other processes
+    of a torchrun job get ``None``)."""
+
+    header: str  # features and reference
+    table: str  # the merged eval.json as markdown
+    written: list[Path]
+    notes: list[str]  # why a figure was not drawn
+
+
+def run_eval(
+    run_dir: str | Path,
+    *,
+    n: int | None = None,
+    preset: str | None = None,
+    samplers: Sequence[str] = ("dpm++",),
+    steps: Sequence[int | None] = (None,),
+    guidance: Sequence[float] = (0.0,),
+    features: str | None = None,
+    feature_weights: str | None = None,
+    samples: str | Path | None = None,
+    data: str | None = None,
+    batch_size: int = 500,
+    seed: int = 0,
+    amp: bool = False,
+    classifier: str | None = None,
+    out: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    weights: str = "ema",
+    device: str = "auto",
+    step: int | None = None,
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+) -> EvalOutcome | None:
+    """``ddpm eval``: score each (sampler, steps, guidance) of a run (or the npz ``samples``)
+    against its data (or ``data``), merge the rows into ``out`` (default ``RUN_DIR/eval.json``)
+    and write eval.md, quality_vs_nfe.png (several rows) and guidance_tradeoff.png (several
+    weights). ``preset="paper"``: Inception features and 50,000 samples by default, with a
+    warning for anything fewer, given to ``warn`` (default :func:`warnings.warn`) before the
+    work starts. Under ``torchrun`` the processes share the work (see
+    :func:`evaluate`) and process 0 writes."""
+    import dataclasses
+
+    from ddpmkit.metrics.extractors import load_extractor
+    from ddpmkit.metrics.presets import PAPER_SAMPLES, paper_warning, preset_features
+    from ddpmkit.run.loaded import load_run
+    from ddpmkit.sharding import torchrun_processes
+
+    chosen = preset_features(preset, features)
+    request = EvalRequest(
+        n=n if n is not None else PAPER_SAMPLES if preset == "paper" else 10_000,
+        samplers=list(samplers),
+        steps=list(steps),
+        seed=seed,
+        batch_size=batch_size,
+        samples=Path(samples) if samples else None,
+        guidance=list(guidance),
+        amp=amp,
+    )
+    with torchrun_processes(device) as (distributed, rank, device):
+        run = load_run(run_dir, weights=weights, device=device, step=step)
+        request.classifier = classifier or (
+            "digits" if run.config.data.source == "digits" else None
+        )
+        if request.samples is None:
+            plan(request, run.diffusion.num_steps)  # a bad sampler or step count fails first
+        reference_data = run.config.data
+        if data is not None:
+            reference_data = dataclasses.replace(reference_data, source=data, random_flip=False)
+        name = chosen or default_features(reference_data)
+        check_features(name)
+        extractor = load_extractor(name, weights=feature_weights, device=run.device)
+        shown = progress and rank == 0
+        cache = Path(cache_dir) if cache_dir else None
+        reference = reference_for(reference_data, extractor, cache, shown, distributed)
+        if rank != 0:  # this process's share of samples and features; process 0 scores
+            evaluate(run, request, extractor, None, weights, False, distributed)
+            return None
+        warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+        counts = [("the reference set", len(reference.features))]
+        if request.samples is None:
+            counts.append(("--n", request.n))
+        for what, count in counts if preset == "paper" else []:
+            if message := paper_warning(what, count):
+                warn(message)
+        report = evaluate(run, request, extractor, reference, weights, shown, distributed)
+    if preset == "paper" and request.samples is not None:
+        if message := paper_warning(str(request.samples), report.results[0].n):
+            warn(message)
+    return _write_eval(run_dir, out, name, reference, report)
+
+
+def _write_eval(run_dir, out, name, reference, report) -> EvalOutcome:
+    """eval.json (merged), eval.md and the figures that several rows or weights call for."""
+    from ddpmkit.fileio import atomic_write_text
+    from ddpmkit.rundir import GUIDANCE_PLOT, QUALITY_PLOT
+
+    path = Path(out) if out else RunDir(run_dir).eval_path
+    merged = write_eval_json(path, report)
+    table = markdown_table(merged["results"])
+    atomic_write_text(path.with_suffix(".md"), table)
+    written, notes = [path, path.with_suffix(".md")], []
+    unguided = [r for r in merged["results"] if not r.get("guidance")]
+    weights = {r.get("guidance", 0.0) for r in merged["results"] if r.get("accuracy") is not None}
+    try:
+        if len(unguided) > 1:
+            from ddpmkit.plots import plot_quality_vs_nfe
+
+            written.append(plot_quality_vs_nfe(unguided, path.parent / QUALITY_PLOT))
+        if len(weights) > 1:
+            from ddpmkit.plots import plot_guidance_tradeoff
+
+            written.append(plot_guidance_tradeoff(merged["results"], path.parent / GUIDANCE_PLOT))
+    except ConfigError as err:  # matplotlib is an optional extra
+        notes.append(f"no plot: {err}")
+    header = (
+        f"{name} features, reference {reference.source} (n={len(reference.features)}; two "
+        f"random halves of it score FID {merged['reference_halves_fid']:.3f})"
+    )
+    return EvalOutcome(header, table, written, notes)

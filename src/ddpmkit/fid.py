@@ -88,6 +88,27 @@ class FidReport:
     stats: tuple[GaussianStats, GaussianStats] | None = field(default=None, repr=False)
     """The statistics FID was computed from (A, B); not part of :meth:`to_dict`."""
 
+    def lines(self) -> list[str]:
+        """The report as ``ddpm fid`` prints it: the two sides, the features, the scores."""
+        out = []
+        for name, side in (("A", self.a), ("B", self.b)):
+            held = f"{side.n_images} images" if side.n_images is not None else "no images used"
+            out.append(f"{name}: {side.source} ({side.kind}; {held}; {side.dims}-d features)")
+        if self.features is not None:
+            out.append(
+                f"features: {self.features} ({self.extractor_fingerprint}), images at "
+                f"{self.image_size}x{self.image_size}, {self.channels} channel(s)"
+            )
+        out.append(f"FID        {self.fid:.4f}")
+        if self.kid_mean is not None:
+            out.append(
+                f"KID        {self.kid_mean:.6f} ± {self.kid_std:.6f} "
+                f"({self.kid_subsets} subsets of {self.kid_subset_size})"
+            )
+        if self.precision is not None:
+            out += [f"precision  {self.precision:.4f}", f"recall     {self.recall:.4f}"]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "stats"}
         out["a"], out["b"] = asdict(self.a), asdict(self.b)

@@ -1,4 +1,6 @@
-"""From a run directory to images: load the model, sample in batches, write grid / GIF / npz."""
+"""From a trained network to images: sample in batches (image i's noise from (seed, i)), write
+grid / GIF / npz. ``load_run`` and ``resolve_device`` live in :mod:`ddpmkit.run.loaded` (re-exported
+here)."""
 
 from __future__ import annotations
 
@@ -12,62 +14,28 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ddpmkit.config import RunConfig
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError
 from ddpmkit.fileio import atomic_write_bytes
-from ddpmkit.nn import UNet
 from ddpmkit.precision import with_autocast
+from ddpmkit.run.loaded import GUIDANCE_CPU_MAX_BATCH, LoadedRun, load_run, resolve_device
 from ddpmkit.rundir import RunDir
 from ddpmkit.sampling import Sampler, SamplerStep, get_sampler, initial_noise, integrate, make_grid
 from ddpmkit.sampling.denoiser import ModelDenoiser
 from ddpmkit.seeding import per_sample_batches
+
+__all__ = [
+    "GUIDANCE_CPU_MAX_BATCH",
+    "LoadedRun",
+    "SampleRequest",
+    "SampleResult",
+    "generate",
+    "load_run",
+    "resolve_device",
+    "sample_run",
+    "write_outputs",
+]
 from ddpmkit.viz import save_gif, save_grid, to_uint8
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but this machine has no CUDA GPU")
-    return device
-
-
-@dataclass
-class LoadedRun:
-    config: RunConfig
-    model: UNet
-    diffusion: GaussianDiffusion
-    step: int | None
-    device: torch.device
-
-
-def load_run(
-    run_dir: str | Path, weights: str = "ema", device: str = "auto", step: int | None = None
-) -> LoadedRun:
-    """Rebuild the model and diffusion of a run directory with the ``ema`` or ``model`` weights
-    of checkpoint ``step`` (default: the latest good one)."""
-    from ddpmkit.train_state import load_module_weights
-
-    if weights not in ("ema", "model"):
-        raise ConfigError(f"weights must be 'ema' or 'model', got '{weights}'")
-    run = RunDir(run_dir).require()
-    config = run.read_config()
-    torch_device = resolve_device(device)
-    checkpoint = run.load_checkpoint(step, files=(weights,))
-    model = UNet(config.model)
-    load_module_weights(model, checkpoint, weights)
-    model.to(torch_device).eval()
-    diffusion = GaussianDiffusion.from_config(config.diffusion)
-    return LoadedRun(config, model, diffusion, checkpoint.step, torch_device)
-
-
-GUIDANCE_CPU_MAX_BATCH = 256  # one doubled-batch call up to this size on a CPU (measured)
 
 
 @dataclass
@@ -205,3 +173,99 @@ def write_outputs(
         atomic_write_bytes(Path(npz), buffer.getvalue())
         written.append(Path(npz))
     return written
+
+
+@dataclass
+class RunSamples:
+    """What :func:`sample_run` did: the files written, how many images, how long, from which
+    checkpoint, conditioned on what."""
+
+    written: list[Path]
+    n: int
+    seconds: float
+    step: int | None
+    conditioning: str
+
+
+def sample_run(
+    run_dir: str | Path,
+    *,
+    n: int | None = None,
+    classes: str | None = None,
+    guidance: float = 0.0,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    clip_x0: bool = True,
+    seed: int = 0,
+    batch_size: int = 256,
+    amp: bool = False,
+    grid: str | Path | None = None,
+    gif: str | Path | None = None,
+    npz: str | Path | None = None,
+    weights: str = "ema",
+    device: str = "auto",
+    step: int | None = None,
+    progress: bool = True,
+) -> RunSamples:
+    """``ddpm sample``: draw from a run's weights and write a grid (default
+    ``samples/sample-SAMPLERSTEPS-seedS.png``), optionally a denoising GIF and an npz. With
+    ``classes`` (``--class``: indices, names, ``all``) ``n`` is per class (default 8 for several
+    classes, else 64) and the grid has a row per class; every output says its conditioning."""
+    import time
+
+    from ddpmkit.run.conditioning import describe
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch_size}")
+    run = load_run(run_dir, weights=weights, device=device, step=step)
+    conditioning = run.conditioning(classes, guidance)
+    chosen = conditioning.classes
+    per_class = n if n is not None else (8 if chosen and len(chosen) > 1 else 64)
+    if per_class < 1:
+        raise ConfigError(f"--n must be >= 1, got {per_class}")
+    labels = [k for k in chosen for _ in range(per_class)] if chosen else None
+    request = SampleRequest(
+        n=len(labels) if labels else per_class,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        clip_x0=clip_x0,
+        seed=seed,
+        batch_size=batch_size,
+        gif_frames=50 if gif else 0,
+        labels=labels,
+        guidance=guidance,
+        null_label=run.num_classes if run.num_classes else None,
+        amp=amp,
+    )
+    if grid is None:
+        name = f"sample-{sampler}{steps if steps is not None else 'all'}-seed{seed}"
+        grid = RunDir(run_dir).sample_path(name)
+    outputs = [Path(p) if p is not None else None for p in (grid, gif, npz)]
+    check_output_files(outputs)
+    data = run.config.data
+    started = time.perf_counter()
+    result = generate(
+        run.model,
+        run.diffusion,
+        (data.channels, data.image_size, data.image_size),
+        request,
+        run.device,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - started
+    nrow = per_class if chosen and len(chosen) > 1 else None
+    written = write_outputs(result, *outputs, nrow=nrow)
+    shown = describe(conditioning, run.num_classes, run.class_names)
+    return RunSamples(written, request.n, seconds, run.step, shown)
+
+
+def check_output_files(paths: Sequence[Path | None]) -> None:
+    """Fail before any work when an output path is a folder; create missing parent folders."""
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ConfigError(f"'{path}' is a folder: give a file name")
+        path.parent.mkdir(parents=True, exist_ok=True)

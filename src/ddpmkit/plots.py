@@ -293,6 +293,16 @@ def _spread_ticks(values: list[float], min_decades: float = 0.1) -> list[float]:
     return kept
 
 
+def forward_image(spec: str, size: int, gray: bool = False) -> torch.Tensor:
+    """The image of ``ddpm plot forward``: a file, or ``digits`` (the first built-in digit; a
+    file named digits is ``./digits``)."""
+    if spec == "digits":
+        return digits_image(0, size=size)
+    from ddpmkit.data import load_image
+
+    return load_image(spec, size=size, channels=1 if gray else 3)
+
+
 def plot_quality_vs_nfe(
     rows: Sequence[dict[str, Any]], path: str | Path, metric: str = "fid"
 ) -> Path:

@@ -50,6 +50,10 @@ NLL_FILE = "nll.json"
 CLASSES_FILE = "classes.json"  # class names of a class-conditional run
 SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tensorboard"
+MLRUNS_DIR = "mlruns"
+TRAINING_PLOT = "training.png"
+QUALITY_PLOT = "quality_vs_nfe.png"
+GUIDANCE_PLOT = "guidance_tradeoff.png"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 MANIFEST_FILE = "manifest.json"
@@ -168,6 +172,21 @@ class RunDir:
 
     def grid_path(self, step: int) -> Path:
         return self.samples_dir / f"step_{step:06d}.png"
+
+    def sample_path(self, name: str) -> Path:
+        """``samples/NAME.png``: where ``ddpm sample``, ``inpaint`` and ``edit`` write a grid
+        when no ``--out`` is given."""
+        return self.samples_dir / f"{name}.png"
+
+    def report_path(self, name: str) -> Path:
+        """A report or figure at the top of the run: ``eval.md``, ``training.png``,
+        ``quality_vs_nfe.png``, ``guidance_tradeoff.png``."""
+        return self.path / name
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The MLflow file store of ``train.tracker=mlflow`` without a tracking URI."""
+        return self.path / MLRUNS_DIR
 
     def grids(self) -> list[Path]:
         """The sample grids of training, oldest first."""

@@ -4,8 +4,12 @@ process would form and the gathered results equal one process's bit for bit."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
+import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
@@ -35,3 +39,27 @@ def gather_shares(share: T) -> list[T]:
     shares: list = [None] * group[1]
     dist.all_gather_object(shares, share)
     return shares
+
+
+@contextmanager
+def torchrun_processes(device: str) -> Iterator[tuple[bool, int, str]]:
+    """(distributed, rank, device) of an evaluation command: under ``torchrun`` (WORLD_SIZE >
+    1) the process group is joined (NCCL on GPUs, gloo on CPUs) and each process takes one GPU;
+    alone, (False, 0, device). A group created here is destroyed on the way out, on every path:
+    a process leaving with gloo's threads still holding its last collective is aborted by the
+    C++ runtime at interpreter shutdown ("terminate called without an active exception", exit
+    −6), which made a two-process eval fail about one run in four on a busy machine."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield False, 0, device
+        return
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(torch.device(device))
+    try:
+        yield True, dist.get_rank(), device
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()

@@ -141,7 +141,7 @@ class MlflowTracker:
         mlflow = _import("mlflow")
         uri = config.train.tracker_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
-            uri = (run.path / "mlruns").resolve().as_uri()
+            uri = run.mlflow_dir.resolve().as_uri()
         if uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self._entities = mlflow.entities

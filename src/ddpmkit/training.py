@@ -40,10 +40,11 @@ from ddpmkit.data.loader import (
 )
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError, DataError, DdpmkitError, RunDirError
-from ddpmkit.generate import SampleRequest, generate, resolve_device
+from ddpmkit.generate import SampleRequest, generate
 from ddpmkit.interrupts import EXIT_CODES, StopRequests, signal_name
 from ddpmkit.nn import UNet
 from ddpmkit.precision import bf16_autocast_supported
+from ddpmkit.run.loaded import resolve_device
 from ddpmkit.rundir import CLASSES_FILE, RunDir
 from ddpmkit.timesteps import make_timestep_sampler
 from ddpmkit.trackers import check_installed, make_tracker
@@ -80,6 +81,34 @@ class TrainResult:
     final_loss: float
     elapsed_s: float
     grid_path: Path | None
+
+
+def prepare_run(
+    config_file: str | None = None,
+    overrides: list[str] = (),
+    data: str | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+) -> tuple[RunConfig, Path]:
+    """The config and run directory of ``ddpm train``: defaults → ``config_file`` →
+    ``overrides`` (``data`` is ``data.source``); ``resume`` continues a run in place from its
+    saved config; without ``out`` a new ``runs/<data>-<date>-<time>``."""
+    import re
+    import time
+
+    from ddpmkit.config import resolve_config
+
+    overrides = [*overrides, *([f"data.source={data}"] if data is not None else [])]
+    if resume:
+        if out and Path(out) != Path(resume):
+            raise ConfigError("--resume continues RUN_DIR in place: drop --out")
+        base = RunDir(resume).read_config_dict()
+        return resolve_config(config_file, overrides, base=base), Path(resume)
+    config = resolve_config(config_file, overrides)
+    if out:
+        return config, Path(out)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(config.data.source).stem).strip("_")
+    return config, Path("runs") / f"{stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def learning_rate(step: int, config, time_fraction: float = 0.0) -> float:
@@ -501,8 +530,13 @@ class Trainer:
         if not self.is_main:
             return None
         sc = self.config.sample
+        classes = self.config.model.num_classes
+        per_class = max(1, sc.num_samples // classes) if classes else sc.num_samples
+        labels = [k for k in range(classes) for _ in range(per_class)] if classes else None
         request = SampleRequest(
-            n=sc.num_samples,
+            n=len(labels) if labels else sc.num_samples,
+            labels=labels,  # a conditional run's grid: a row per class, never the null class
+            null_label=classes if classes else None,
             sampler=sc.sampler,
             # the grid's step count is capped at the model's T (the default 100 exceeds a short T)
             steps=None if sc.steps is None else min(sc.steps, self.diffusion.num_steps),
@@ -513,7 +547,7 @@ class Trainer:
         data = self.config.data
         shape = (data.channels, data.image_size, data.image_size)
         result = generate(self.ema, self.diffusion, shape, request, self.device, progress=False)
-        path = save_grid(result.images, self.run.grid_path(step))
+        path = save_grid(result.images, self.run.grid_path(step), per_class if classes else None)
         if self.tracker is not None:
             self.tracker.image_grid(step, "samples", result.images)
         return path

@@ -79,3 +79,23 @@ def save_gif(
     )
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def forward_process_rows(
+    x0: torch.Tensor, schedules: Sequence[str], num_steps: int, columns: int, seed: int = 0
+) -> tuple[torch.Tensor, list[int]]:
+    """``ddpm forward``: the image ``x0`` (C, H, W) noised by q(x_t | x_0) at ``columns`` evenly
+    spaced t, one row per schedule, the same noise in every row; returns the rows stacked and
+    the timesteps."""
+    from ddpmkit.diffusion import GaussianDiffusion, spaced_timesteps
+    from ddpmkit.schedules import make_schedule
+
+    x0 = x0.unsqueeze(0)
+    timesteps = spaced_timesteps(num_steps, min(columns, num_steps))
+    rows = []
+    for name in schedules:
+        diffusion = GaussianDiffusion(make_schedule(name, num_steps))
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn(x0.shape, generator=gen).expand(len(timesteps), *x0.shape[1:])
+        rows.append(diffusion.q_sample(x0.expand_as(noise), torch.tensor(timesteps), noise))
+    return torch.cat(rows), timesteps

@@ -99,6 +99,14 @@ class DataCache:
         return self.root / f"{self.setting_key(decoded)}-{_digest(decoded.fingerprint)}"
 
     # ------------------------------------------------------------------ reading
+    def describe(self, entry) -> str:
+        """One line of ``ddpm cache list``: size, images × shape, source, folder."""
+        c, h, w = entry.meta["shape"]
+        return (
+            f"{entry.nbytes / 2**20:10.1f} MiB  {entry.count:>9} x {c}x{h}x{w}  "
+            f"{entry.meta['source']}  ({entry.path.name})"
+        )
+
     def entries(self) -> list[CacheEntry]:
         """Every complete, intact entry (well-formed meta, images of the size it says), oldest
         first."""
@@ -314,3 +322,18 @@ def _mapped(entry: CacheEntry) -> ImageDataset:
     dataset.cache_file = entry.images_file
     dataset.cache_meta = meta
     return dataset
+
+
+def build_entry(
+    config_file: str | None, overrides: list[str], source: str | None, progress: bool = True
+) -> str:
+    """``ddpm cache build``: decode the data section of ``config_file`` and ``overrides``
+    (``source`` is ``data.source``) into the cache now; returns what was built."""
+    from ddpmkit.config import apply_overrides, load_config_file
+    from ddpmkit.data import DataConfig, load_dataset
+
+    overrides = [*overrides, "data.cache=on", *([f"data.source={source}"] if source else [])]
+    settings = apply_overrides(load_config_file(config_file) if config_file else {}, overrides)
+    dataset = load_dataset(DataConfig.from_dict(settings.get("data", {})), progress=progress)
+    size = dataset.images_uint8.numel() / 2**20
+    return f"{dataset.describe()}: {size:.1f} MiB in {dataset.cache_file.parent}"

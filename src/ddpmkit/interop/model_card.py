@@ -110,6 +110,7 @@ def model_card(
     parameters: int | None = None,
 ) -> tuple[str, list[str]]:
     """(README.md text, notes) for the pipeline exported from checkpoint ``step``."""
+    d, m = config.diffusion, config.model
     dataset = dataset_id(config.data.source)
     metrics, notes = collect_metrics(eval_json, nll_json, step, weights)
     lines = [
@@ -145,7 +146,6 @@ def model_card(
                 f"      name: {_q(metric['name'])}",
             ]
     lines.append("---")
-    d, m = config.diffusion, config.model
     size = config.data.image_size
     body = [
         "",
@@ -159,7 +159,8 @@ def model_card(
         "from diffusers import DDPMPipeline",
         "",
         'pipeline = DDPMPipeline.from_pretrained("PATH_OR_REPO_ID")',
-        "image = pipeline(batch_size=1).images[0]",
+        # DDPMPipeline's default 1000 steps fail on a process of fewer steps
+        f"image = pipeline(batch_size=1, num_inference_steps={d.num_steps}).images[0]",
         "```",
         "",
         "| | |",
