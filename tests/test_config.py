@@ -317,3 +317,21 @@ def test_shipped_cifar10_config_is_the_paper_recipe():
     assert (config.train.lr, config.train.batch_size, config.train.ema_decay) == (2e-4, 128, 0.9999)
     assert config.data.random_flip and config.model.dropout == 0.1
     assert (config.diffusion.schedule, config.diffusion.num_steps) == ("linear", 1000)
+
+
+def test_model_in_channels_follows_data_channels_unless_given():
+    """Asked once: data.channels=3 alone gives a 3-channel U-Net; a contradicting explicit
+    model.in_channels is still an error, and an agreeing one is accepted."""
+    assert resolve_config(overrides=["data.channels=3"]).model.in_channels == 3
+    assert (
+        resolve_config(overrides=["data.channels=3", "model.in_channels=3"]).model.in_channels == 3
+    )
+    with pytest.raises(ConfigError, match="must equal data.channels"):
+        resolve_config(overrides=["data.channels=3", "model.in_channels=1"])
+
+
+def test_the_default_depth_is_defined_once():
+    from ddpmkit.config import RunConfig
+    from ddpmkit.nn.unet import UNetConfig
+
+    assert RunConfig().model == UNetConfig() and UNetConfig().blocks_per_resolution == 1

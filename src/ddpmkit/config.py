@@ -155,7 +155,7 @@ class SampleConfig:
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    model: UNetConfig = field(default_factory=lambda: UNetConfig(blocks_per_resolution=1))
+    model: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -352,6 +352,9 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"config section '{name}' must be a table of key = value pairs")
         sections[name] = _build_section(name, values)
     config = RunConfig(**sections)
+    if "in_channels" not in d.get("model", {}):
+        # the network's input channels are the data's: derived unless given (then checked)
+        config.model = dataclasses.replace(config.model, in_channels=config.data.channels)
     if config.model.learned_variance != config.diffusion.learned_variance:
         # the network's output channels follow from the variance choice: derive, don't ask twice
         config.model = dataclasses.replace(

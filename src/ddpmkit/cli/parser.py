@@ -71,7 +71,7 @@ class _Parser(argparse.ArgumentParser):
 EXAMPLES = """examples:
   ddpm train                                   # digits, about 10 minutes on a laptop CPU
   ddpm train --data ./my_images --out runs/faces data.image_size=32 data.channels=3 \\
-             model.in_channels=3 train.steps=20000
+             train.steps=20000
   ddpm train --config configs/cifar10_ddpm.toml --data ./cifar10/train
   ddpm train --resume runs/digits train.steps=8000   # continue, with more steps
   ddpm sample runs/digits --n 64 --sampler ddim --steps 50 --gif denoise.gif

@@ -59,7 +59,7 @@ class UNetConfig:
     in_channels: int = 1
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2)
-    blocks_per_resolution: int = 2
+    blocks_per_resolution: int = 1  # the digits recipe; Ho et al.'s CIFAR-10 network has 2
     block_type: str = "resnet"
     attention: tuple[str, ...] = ("none", "none", "full")
     mid_attention: str = "full"
