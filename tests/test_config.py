@@ -335,3 +335,21 @@ def test_the_default_depth_is_defined_once():
     from ddpmkit.nn.unet import UNetConfig
 
     assert RunConfig().model == UNetConfig() and UNetConfig().blocks_per_resolution == 1
+
+
+def test_reading_a_run_directory_loads_no_data_source_sampler_or_network() -> None:
+    """`import ddpmkit.rundir` (and so the config) loads only the config dataclasses, errors,
+    file I/O and the run directory itself: 28 ddpmkit modules before the redesign."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys, ddpmkit.rundir; print([m for m in sys.modules if m.startswith('ddpmkit')])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    loaded = set(ast.literal_eval(out)) - {"ddpmkit"}
+    allowed = ("ddpmkit.config", "ddpmkit.errors", "ddpmkit.fileio", "ddpmkit.rundir")
+    assert loaded and all(m.startswith(allowed) for m in loaded), sorted(loaded)

@@ -338,8 +338,10 @@ def test_linear_attention_matches_reference() -> None:
 # --- packaging --------------------------------------------------------------------------------
 
 
-def test_importing_nn_loads_only_errors_and_precision_from_ddpmkit() -> None:
-    """The network knows nothing of the diffusion, data or training."""
+def test_importing_nn_loads_only_errors_precision_and_the_configs_from_ddpmkit() -> None:
+    """The network knows nothing of the diffusion, data or training: besides errors and
+    precision it loads only the config dataclasses (``ddpmkit.config``, which import no torch
+    and no other ddpmkit module)."""
     code = (
         "import sys, ddpmkit.nn; print(sorted(m for m in sys.modules if m.startswith('ddpmkit')))"
     )
@@ -347,5 +349,7 @@ def test_importing_nn_loads_only_errors_and_precision_from_ddpmkit() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     ).stdout
-    loaded = {m for m in ast.literal_eval(out) if not m.startswith("ddpmkit.nn")}
+    loaded = {
+        m for m in ast.literal_eval(out) if not m.startswith(("ddpmkit.nn", "ddpmkit.config"))
+    }
     assert loaded == {"ddpmkit", "ddpmkit.errors", "ddpmkit.precision"}

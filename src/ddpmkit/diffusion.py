@@ -15,18 +15,21 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ddpmkit.config.diffusion import (  # noqa: F401 (re-exported)
+    LEARNED_VARIANCES,
+    LOSSES,
+    PREDICTIONS,
+    VARIANCES,
+    DiffusionConfig,
+    _check_choice,
+)
 from ddpmkit.errors import ConfigError
 from ddpmkit.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from ddpmkit.precision import autocast_disabled
-from ddpmkit.schedules import SCHEDULE_NAMES, Schedule, ScheduleTables, make_schedule
+from ddpmkit.schedules import Schedule, ScheduleTables, make_schedule
 from ddpmkit.seeding import PerSampleGenerator
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-PREDICTIONS = ("eps", "x0", "v")
-VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
-LOSSES = ("l2", "l1", "huber", "hybrid", "kl")
-LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 def normal_like(
@@ -79,42 +82,6 @@ def check_learned_variance_respacing(
             "heun), or train with diffusion.variance=learned_range, which carries over to "
             "respaced steps"
         )
-
-
-def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {kind} '{value}': choose one of {', '.join(choices)}")
-
-
-@dataclass
-class DiffusionConfig:
-    """How x_0 is noised and what the network learns."""
-
-    schedule: str = "linear"
-    num_steps: int = 1000
-    prediction: str = "eps"
-    variance: str = "fixed_small"
-    loss: str = "l2"
-    vb_weight: float = 0.001  # λ of L_hybrid = L_simple + λ·L_vlb (Nichol & Dhariwal 2021, §3.1)
-
-    @property
-    def learned_variance(self) -> bool:
-        """Whether the network must output 2× channels (ε and the variance values)."""
-        return self.variance in LEARNED_VARIANCES
-
-    def validate(self) -> None:
-        _check_choice("schedule", self.schedule, SCHEDULE_NAMES)
-        _check_choice("prediction", self.prediction, PREDICTIONS)
-        _check_choice("variance", self.variance, VARIANCES)
-        _check_choice("loss", self.loss, LOSSES)
-        if self.num_steps < 1:
-            raise ConfigError(f"diffusion.num_steps must be >= 1, got {self.num_steps}")
-        if self.vb_weight < 0:
-            raise ConfigError(f"diffusion.vb_weight must be >= 0, got {self.vb_weight}")
-        if self.loss == "hybrid" and not self.learned_variance:
-            raise ConfigError(
-                "diffusion.loss=hybrid trains the variance: use variance=learned_range (or learned)"
-            )
 
 
 @dataclass

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ddpmkit.config.diffusion import SCHEDULE_NAMES  # noqa: E402 (named with the config)
 from ddpmkit.errors import ConfigError
-
-SCHEDULE_NAMES = ("linear", "cosine", "quadratic", "sigmoid")
 
 # Ho et al. (2020), §4: β from 1e-4 to 0.02 over T = 1000 steps.
 _BETA_START = 1e-4

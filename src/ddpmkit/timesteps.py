@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ddpmkit.config.run import TIMESTEP_SAMPLERS  # noqa: E402 (named with the config)
 from ddpmkit.errors import ConfigError
-
-TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
 
 
 class UniformSampler:

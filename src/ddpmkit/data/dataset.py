@@ -3,9 +3,7 @@ uint8 scaling and flips."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +11,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddpmkit.errors import ConfigError, DataError
+from ddpmkit.config.data import (  # noqa: F401 (re-exported: the data config lives with the others)
+    CACHE_MIN_IMAGES,
+    CACHE_MODES,
+    DEFAULT_SPLIT,
+    DIGITS,
+    HF_PREFIX,
+    HOLD_MODES,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    DataConfig,
+)
+from ddpmkit.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 """File extensions read from an image folder (compared in lower case)."""
 
-MIN_IMAGE_SIZE = 4
-MAX_IMAGE_SIZE = 1024
 
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 """Images with more pixels (8192 × 8192) are skipped unread: a decompression-bomb guard checked
@@ -31,15 +38,6 @@ MAX_CLASSES = 1_000_000
 """Labels must lie in [0, MAX_CLASSES): a guard against a tampered label array whose values
 would size an embedding table."""
 
-DIGITS = "digits"
-CACHE_MODES = ("auto", "on", "off")
-HOLD_MODES = ("auto", "device", "stream")
-CACHE_MIN_IMAGES = 10_000
-"""With ``data.cache=auto``, sources of this many images or more are decoded into the disk
-cache (50,000 PNG files take 12 s to decode on the CPU box, and 0.1 s to open from the cache)."""
-HF_PREFIX = "hf:"
-DEFAULT_SPLIT = "train"
-
 
 class SkippedFilesWarning(UserWarning):
     """Some files of an image folder (or images of an ``hf:`` data set) could not be read and
@@ -48,116 +46,6 @@ class SkippedFilesWarning(UserWarning):
 
 # --------------------------------------------------------------------------------------------
 # configuration
-
-
-def _optional_name(value: Any, what: str) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value.strip() or not value.isprintable():
-        raise ConfigError(f"{what} must be a non-empty name (or left unset), got {value!r}")
-
-
-@dataclass
-class DataConfig:
-    """Where the images come from and how they are shaped; every field is JSON-friendly.
-
-    ``source`` is ``"digits"`` (scikit-learn's 8×8 digits), a path to an image folder, a ``.npz``
-    file or an extracted CIFAR-10/100 folder (``PATH:test`` picks its test split), or
-    ``hf:NAME[:SPLIT]`` for a Hugging Face data set (a Hub name or a local data set folder); a
-    folder literally named ``digits`` must be given as ``./digits``. ``split`` picks the split
-    of ``hf:`` and CIFAR sources when the source names none (default ``"train"``); ``hf_config``
-    is the Hub data set's configuration name; ``image_column`` and ``label_column`` name the
-    columns of an ``hf:`` data set (unset: the ``Image`` and the ``ClassLabel`` feature);
-    ``streaming`` reads an ``hf:`` data set row by row as it is decoded instead of loading it
-    first.
-
-    ``cache``: ``"on"`` decodes the source once into the disk cache
-    (:mod:`ddpmkit.data.cache`) and reads it from there afterwards, ``"off"`` decodes it into
-    memory every time, ``"auto"`` caches sources of :data:`CACHE_MIN_IMAGES` images or more (and
-    every stream). ``hold``: where training keeps the images: ``"device"`` (all of them on the
-    training device), ``"stream"`` (batches read from memory or the cache by a DataLoader and
-    moved per step), ``"auto"`` (the device when they fit in its share, see
-    :func:`ddpmkit.data.loader.choose_hold`). ``loader_workers``: DataLoader worker processes
-    when streaming (-1: chosen for the device).
-    :meth:`validate` checks the values only; whether the source exists is checked by
-    :func:`load_dataset`, so a checkpoint's config can be rebuilt on a machine without the data.
-    """
-
-    source: str = DIGITS
-    image_size: int = 16
-    channels: int = 1
-    random_flip: bool = False
-    split: str | None = None
-    hf_config: str | None = None
-    image_column: str | None = None
-    label_column: str | None = None
-    streaming: bool = False
-    cache: str = "auto"
-    hold: str = "auto"
-    loader_workers: int = -1
-
-    def __post_init__(self) -> None:
-        if isinstance(self.source, os.PathLike):
-            self.source = os.fspath(self.source)
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` on a value of the wrong type or out of range."""
-        if not isinstance(self.source, str) or not self.source.strip() or "\x00" in self.source:
-            raise ConfigError(
-                "data source must be 'digits', an image folder, a .npz path, a CIFAR folder or "
-                f"hf:NAME, got {self.source!r}"
-            )
-        if self.source.startswith(HF_PREFIX) and not self.source[len(HF_PREFIX) :].split(":")[0]:
-            raise ConfigError(f"data source {self.source!r} names no data set: write hf:NAME")
-        size = self.image_size
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise ConfigError(f"image_size must be an integer, got {size!r}")
-        if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
-            raise ConfigError(
-                f"image_size must lie in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {size}"
-            )
-        ch = self.channels
-        if isinstance(ch, bool) or ch not in (1, 3):
-            raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {ch!r}")
-        if not isinstance(self.random_flip, bool):
-            raise ConfigError(f"random_flip must be true or false, got {self.random_flip!r}")
-        _optional_name(self.split, "data.split")
-        _optional_name(self.hf_config, "data.hf_config")
-        _optional_name(self.image_column, "data.image_column")
-        _optional_name(self.label_column, "data.label_column")
-        if not isinstance(self.streaming, bool):
-            raise ConfigError(f"data.streaming must be true or false, got {self.streaming!r}")
-        if self.streaming and not self.source.startswith(HF_PREFIX):
-            raise ConfigError("data.streaming applies to hf: sources only")
-        if self.cache not in CACHE_MODES:
-            raise ConfigError(
-                f"data.cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}"
-            )
-        if self.hold not in HOLD_MODES:
-            raise ConfigError(
-                f"data.hold must be one of {', '.join(HOLD_MODES)}, got {self.hold!r}"
-            )
-        workers = self.loader_workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or not -1 <= workers <= 64:
-            raise ConfigError(
-                f"data.loader_workers must be an integer in [-1, 64] (-1: auto), got {workers!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DataConfig:
-        """Build and validate a config; unknown keys are a :class:`ConfigError`."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown data option(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}"
-            )
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ddpmkit.config.model import ATTENTION_KINDS  # noqa: E402 (defined with the config)
 from ddpmkit.nn.blocks import zero_module
-
-ATTENTION_KINDS = ("none", "linear", "full")
 
 
 class FullAttention(nn.Module):

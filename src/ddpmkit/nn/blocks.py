@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-TIME_CONDITIONINGS = ("scale_shift", "add")
-DOWNSAMPLE_PADDINGS = ("symmetric", "same")
+from ddpmkit.config.model import (
+    DOWNSAMPLE_PADDINGS,  # noqa: E402 (defined with the config)
+    TIME_CONDITIONINGS,  # noqa: E402 (defined with the config)
+)
 
 
 def zero_module(module: nn.Module) -> nn.Module:

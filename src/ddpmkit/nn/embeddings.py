@@ -7,9 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ddpmkit.config.model import TIME_FREQUENCY_ORDERS  # noqa: E402 (defined with the config)
 from ddpmkit.errors import ConfigError
-
-TIME_FREQUENCY_ORDERS = ("ddpmkit", "diffusers")
 
 
 def timestep_embedding(

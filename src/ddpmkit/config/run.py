@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ddpmkit.data import DataConfig
-from ddpmkit.diffusion import DiffusionConfig
+from ddpmkit.config.data import DataConfig
+from ddpmkit.config.diffusion import DiffusionConfig
+from ddpmkit.config.model import UNetConfig
 from ddpmkit.errors import ConfigError
-from ddpmkit.nn.unet import UNetConfig
-from ddpmkit.timesteps import TIMESTEP_SAMPLERS
 
 _T = TypeVar("_T")
 
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
+TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
 LR_SCHEDULES = ("constant", "cosine")
 AMP_DTYPES = ("auto", "bf16", "fp16")
 MAX_CONFIG_BYTES = 1 << 20
