@@ -123,24 +123,57 @@ def inception_weights(tmp_path_factory) -> Path:
     return path
 
 
-def test_paper_preset_uses_inception_and_warns_below_50000(
-    tiny_run, tmp_path, capsys, inception_weights
-):
-    """Inception (random weights) on a tiny reference and tiny --samples: scored, with one
-    warning for each set smaller than 50,000 images."""
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "ref.npz", arr_0=shapes_array(8))
-    np.savez(tmp_path / "s.npz", arr_0=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8))
-    out = tmp_path / "eval.json"
-    args = ["eval", str(tiny_run), "--preset", "paper", "--no-progress", "--cache-dir"]
-    args += [str(tmp_path), "--feature-weights", str(inception_weights), "--out", str(out)]
-    args += ["--data", str(tmp_path / "ref.npz"), "--samples", str(tmp_path / "s.npz")]
-    assert main(args) == 0
-    err = capsys.readouterr().err
-    assert "the reference set has 8 images, fewer than the 50,000" in err
-    assert "s.npz has 6 images" in err
-    report = json.loads(out.read_text())
-    assert report["features"] == "inception" and report["results"][0]["n"] == 6
+def test_paper_preset_uses_inception_and_warns_below_50000(tiny_run, tmp_path, monkeypatch):
+    """The preset picks Inception features and warns, before scoring, for the reference set and
+    for --samples smaller than 50,000 images. (The random-weight Inception run itself is
+    tests/test_fid.py's end-to-end test; here the extractor and the scoring are stand-ins.)"""
+    import ddpmkit.evaluate
+    from ddpmkit.evaluate import EvalReport, EvalRow, run_eval
+
+    chosen, warned, order = [], [], []
+
+    def fake_evaluate(run, request, extractor, reference, weights, *args):
+        order.append("scored")
+        row = EvalRow("npz", 0, 0, 6, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
+        return EvalReport("inception", "fp", {}, run.step, weights, 0.5, [row])
+
+    monkeypatch.setattr(ddpmkit.evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(ddpmkit.evaluate, "reference_for", _tiny_reference)
+    monkeypatch.setattr(
+        "ddpmkit.metrics.extractors.load_extractor", lambda name, **k: chosen.append(name)
+    )
+    np.savez(tmp_path / "s.npz", arr_0=np.zeros((6, 8, 8, 1), np.uint8))
+    outcome = run_eval(
+        tiny_run,
+        preset="paper",
+        samples=tmp_path / "s.npz",
+        out=tmp_path / "eval.json",
+        progress=False,
+        warn=lambda message: (warned.append(message), order.append("warned")),
+    )
+    assert chosen == ["inception"] and outcome is not None
+    assert order == ["scored", "warned"]  # the reference is big enough; the samples are not
+    assert len(warned) == 1 and "s.npz has 6 images, fewer than the 50,000" in warned[0]
+    monkeypatch.setattr(ddpmkit.evaluate, "reference_for", _small_reference)
+    warned.clear(), order.clear()
+    run_eval(
+        tiny_run,
+        preset="paper",
+        samples=tmp_path / "s.npz",
+        out=tmp_path / "e2.json",
+        progress=False,
+        warn=lambda message: (warned.append(message), order.append("w")),
+    )
+    assert order == ["w", "scored", "w"]
+    assert "the reference set has 8 images, fewer than the 50,000" in warned[0]
+
+
+def _small_reference(data, extractor, cache_dir=None, progress=True, distributed=False):
+    from ddpmkit.evaluate import Reference
+    from ddpmkit.metrics.frechet import GaussianStats
+
+    features = np.random.default_rng(0).normal(size=(8, 2))
+    return Reference(features, GaussianStats.of(features), data.source, False)
 
 
 def test_paper_preset_draws_50000_samples_unless_told(tiny_run, tmp_path, capsys, monkeypatch):

@@ -93,12 +93,25 @@ def interactive_sigint(request):
 
 
 # ---------------------------------------------------------------------- pure schedules
-def test_ema_decay_warm_up_formula():
-    for k in (0, 1, 5, 50, 500, 5000):
-        assert ema_decay(k, 0.995, True) == min(0.995, (1 + k) / (10 + k))
-        assert ema_decay(k, 0.995, False) == 0.995
-    assert ema_decay(0, 0.995, True) == pytest.approx(0.1)
-    assert ema_decay(10, 0.995, True) == pytest.approx(11 / 20)
+def test_ema_warm_up_keeps_the_closed_form_share_of_the_start():
+    """With the warm-up decay d_j = (1 + j)/(10 + j), the share of the initial weights left after
+    updates j = 0..k is ∏ d_j = 9!·(k + 1)!/(k + 10)! (a telescoping product, computed here with
+    log-gamma), until d_j reaches the configured decay; without warm-up it is decay^(k+1)."""
+    import math
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    for warmup in (True, False):
+        ema = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(0.0)
+            ema.weight.fill_(1.0)
+        for k in range(60):
+            update_ema(ema, model, ema_decay(k, 0.995, warmup))
+            if warmup:
+                share = math.exp(math.lgamma(10) + math.lgamma(k + 2) - math.lgamma(k + 11))
+            else:
+                share = 0.995 ** (k + 1)
+            assert ema.weight.item() == pytest.approx(share, rel=1e-5), (warmup, k)
     assert ema_decay(100_000, 0.995, True) == 0.995  # capped at the configured decay
 
 
