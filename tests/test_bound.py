@@ -124,6 +124,7 @@ def discrete_entropy_bits():
     return float(-(p * np.log2(p)).sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 def test_full_bound_is_above_the_discrete_entropy(variance):
     d, model = make(variance)

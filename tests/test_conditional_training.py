@@ -40,6 +40,7 @@ def test_class_embedding_shapes_null_class_and_unconditional_networks():
         plain(x, t, torch.tensor([0, 1]))
 
 
+@pytest.mark.slow
 def test_conditional_training_derives_classes_and_drops_labels(tmp_path, monkeypatch):
     seen = []
     real_forward = UNet.forward
@@ -148,6 +149,7 @@ def test_inpaint_and_edit_steer_towards_a_class(conditional_run, tmp_path, capsy
     assert "--guidance needs --class" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_conditional_training_is_deterministic_and_resumes_exactly(tmp_path):
     overrides = [*DIGITS, "train.conditional=true", "train.steps=6", "train.label_dropout=0.5"]
     config = resolve_config(overrides=overrides)

@@ -337,6 +337,7 @@ def test_the_default_depth_is_defined_once():
     assert RunConfig().model == UNetConfig() and UNetConfig().blocks_per_resolution == 1
 
 
+@pytest.mark.slow
 def test_reading_a_run_directory_loads_no_data_source_sampler_or_network() -> None:
     """`import ddpmkit.rundir` (and so the config) loads only the config dataclasses, errors,
     file I/O and the run directory itself: 28 ddpmkit modules before the redesign."""

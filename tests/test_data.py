@@ -87,6 +87,7 @@ def test_missing_source_is_data_error(tmp_path):
         _load(other)
 
 
+@pytest.mark.slow
 def test_import_is_light():
     src = str(Path(ddpmkit.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -189,6 +189,7 @@ def test_the_cache_entry_records_its_source(tmp_path):
 # ------------------------------------------------------------------------------- hf streaming
 
 
+@pytest.mark.slow
 def test_hf_streaming_into_the_cache_equals_the_loaded_data_set(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -254,6 +255,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.slow
 def test_streamed_batches_train_exactly_like_images_held_on_the_device(
     shapes_npz, tmp_path, workers, one_thread
 ):

@@ -20,6 +20,8 @@ import torch
 from conftest import ddpm_launcher, read_metrics, run_two_processes, tiny_overrides
 from ddpmkit.rundir import RunDir
 
+pytestmark = pytest.mark.slow  # multi-process, kill or fuzz runs: seconds each
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 # flips on (their draws must follow the images), dropout off (a per-process global-RNG draw)

@@ -80,6 +80,7 @@ def errors(samples: np.ndarray) -> tuple[float, float]:
     return np.abs(samples.mean(0) - mean).max(), np.abs(np.cov(samples.T) - cov).max()
 
 
+@pytest.mark.slow
 def test_repaint_approaches_the_exact_conditional_and_replacement_is_biased():
     """Measured (n = 4000, T = 100, linear): replacement misses the conditional mean by 0.15
     (its unknown pixels see the known ones only through x_t); RePaint without resampling is no
@@ -105,6 +106,7 @@ def test_repaint_levels_walk_down_with_jumps_back():
 
 
 @pytest.mark.parametrize("strength", [0.3, 0.7])
+@pytest.mark.slow
 def test_sdedit_output_has_the_moments_of_the_exact_posterior(strength):
     """x_0 ~ N(m, s²) per pixel, input value v: with an exact denoiser and exact sampling from
     t₀, the output is a draw of x_0 | x_{t₀} with x_{t₀} ~ q(x_{t₀} | v): mean m + k(v − m),

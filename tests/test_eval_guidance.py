@@ -29,6 +29,7 @@ def conditional_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_eval_scores_each_guidance_weight_with_class_accuracy(conditional_run, capsys):
     argv = ["eval", str(conditional_run), "--n", "20", "--sampler", "ddim", "--steps", "3"]
     assert main([*argv, "--guidance", "0,2", "--no-progress"]) == 0

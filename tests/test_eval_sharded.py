@@ -65,6 +65,7 @@ def _extract_rank(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_embed_half_the_images_each_and_both_get_all_features(tmp_path):
     from ddpmkit.metrics.extractors import extract_features
 
@@ -94,6 +95,7 @@ def _alone_and_split(tmp_path: Path, argv: list[str], extra_args) -> dict[str, d
     return results
 
 
+@pytest.mark.slow
 def test_torchrun_eval_shards_samples_and_reference_features(shapes_npz, tmp_path):
     """The reference features are computed by the two processes (each its share) and cached;
     the file and the scores equal those of one process."""
@@ -113,6 +115,7 @@ def test_torchrun_eval_shards_samples_and_reference_features(shapes_npz, tmp_pat
         assert np.array_equal(a["features"], b["features"])
 
 
+@pytest.mark.slow
 def test_torchrun_nll_shards_the_images_and_reports_the_bound_of_one_process(shapes_npz, tmp_path):
     run = tmp_path / "run"
     overrides = tiny_overrides(

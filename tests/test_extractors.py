@@ -189,6 +189,7 @@ def test_bad_names_and_options(digits_ext):
             extract_features(digits_ext, images, batch_size=bad, progress=False)
 
 
+@pytest.mark.slow
 def test_imports_stay_light():
     code = (
         "import sys, ddpmkit, ddpmkit.metrics\n"

@@ -218,6 +218,7 @@ def test_mismatched_dimensions(shapes, tmp_path, inception_weights):
 # inception (random weights) and the paper preset
 
 
+@pytest.mark.slow
 def test_inception_end_to_end_with_random_weights(tmp_path, inception_weights):
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
@@ -260,6 +261,7 @@ def test_cli_prints_and_writes_json(shapes, tmp_path, capsys):
     assert f"FID        {report['fid']:.4f}" in printed and "KID" not in printed
 
 
+@pytest.mark.slow
 def test_cli_paper_preset_warns(tmp_path, capsys, inception_weights):
     rng = np.random.default_rng(3)
     np.savez(tmp_path / "x.npz", arr_0=rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))

@@ -51,6 +51,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+pytestmark = pytest.mark.slow  # multi-process, kill or fuzz runs: seconds each
+
 _OVERRIDE = int(os.environ.get("DDPMKIT_FUZZ_EXAMPLES", "0"))
 _ROOT = Path(__file__).resolve().parent.parent
 

@@ -44,6 +44,7 @@ def test_refusals_are_the_golden_ones(library_outputs) -> None:
     assert refused == {f"sample/learned/{p}/ddpm_5" for p in golden_outputs.PREDICTIONS}
 
 
+@pytest.mark.slow
 def test_run_files_equal_the_golden_ones(tmp_path: Path) -> None:
     golden = json.loads(golden_outputs.FILES.read_text(encoding="utf-8"))
     threads = torch.get_num_threads()

@@ -96,6 +96,7 @@ def test_guide_is_the_stated_formula_in_both_conventions():
 
 
 @pytest.mark.parametrize("label", [0, 1])
+@pytest.mark.slow
 def test_weight_zero_samples_the_class_conditional_distribution(label):
     diffusion, alpha_bar = setup(1000)
     n = 20_000

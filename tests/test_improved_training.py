@@ -12,6 +12,7 @@ from ddpmkit.rundir import RunDir
 from ddpmkit.training import Trainer
 
 
+@pytest.mark.slow
 def test_hybrid_learned_range_with_importance_sampling_trains_and_resumes(shapes_npz, tmp_path):
     overrides = tiny_overrides(
         shapes_npz,
@@ -35,6 +36,7 @@ def test_hybrid_learned_range_with_importance_sampling_trains_and_resumes(shapes
     assert int(extra["timesteps.counts"].sum()) == 14 * 16
 
 
+@pytest.mark.slow
 def test_nll_command_prints_and_writes_json(shapes_npz, tmp_path, capsys):
     run = tmp_path / "run"
     args = tiny_overrides(

@@ -69,6 +69,7 @@ def _images(n: int, size: int, channels: int = 3, seed: int = 1) -> torch.Tensor
 # install and import
 
 
+@pytest.mark.slow
 def test_inception_path_needs_no_torchvision():
     """Build the network and embed two images in a fresh interpreter where torchvision and
     torch_fidelity cannot be imported at all."""
@@ -110,6 +111,7 @@ def test_random_weights_embed_images(extractor):
     assert extractor(_images(0, 32)).shape == (0, 2048)
 
 
+@pytest.mark.slow
 def test_gray_is_replicated_and_chunks_do_not_matter(extractor):
     gray = _images(3, 24, channels=1, seed=2)
     assert torch.equal(extractor(gray), extractor(gray.repeat(1, 3, 1, 1)))
@@ -154,6 +156,7 @@ def test_preprocess_range():
 # weights: files, defaults, errors
 
 
+@pytest.mark.slow
 def test_default_cache_files_and_fingerprint(state, weights_file, extractor, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(ConfigError) as info:
@@ -214,6 +217,7 @@ def test_bad_weight_files_are_one_line_errors(state, tmp_path, make, message):
     assert "\n" not in str(info.value) and "w.pth" in str(info.value)
 
 
+@pytest.mark.slow
 def test_imports_stay_light():
     code = (
         "import sys, ddpmkit.metrics.extractors, ddpmkit.fid\n"

@@ -175,6 +175,7 @@ def _cifar_unet():
     return unet
 
 
+@pytest.mark.slow
 def test_google_cifar10_layout_imports_exactly(tmp_path: Path) -> None:
     """Ho et al.'s CIFAR-10 model as google/ddpm-cifar10-32 ships it (config fixture, random
     weights): imported, ddpmkit's U-Net gives diffusers' output in float64."""

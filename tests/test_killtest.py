@@ -10,6 +10,8 @@ import pytest
 from conftest import tiny_overrides
 from killtest import kill_test
 
+pytestmark = pytest.mark.slow  # multi-process, kill or fuzz runs: seconds each
+
 # the n-th file written into a checkpoint directory (6 per checkpoint: 4 safetensors, state.json,
 # manifest.json), the n-th update of checkpoints/latest, the n-th pruning of old checkpoints
 FORCED = [("file", 1), ("file", 5), ("file", 6), ("file", 9), ("latest", 2), ("prune", 3)]

@@ -71,6 +71,7 @@ def run_dir(shapes_npz, tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------------- optional import
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_optional_packages():
     code = (
         "import sys, ddpmkit, ddpmkit.plots, ddpmkit.trackers, ddpmkit.training, ddpmkit.cli\n"
@@ -110,6 +111,7 @@ def disk(size: int = 24) -> torch.Tensor:
     return inside.float().unsqueeze(0) * 2 - 1
 
 
+@pytest.mark.slow
 def test_forward_process_figure(tmp_path):
     image = disk()
     path = plots.plot_forward_process(image, ALL, tmp_path / "forward.png", num=5, num_steps=200)
@@ -152,6 +154,7 @@ def test_alpha_bar_figure(tmp_path):
         plots.plot_alpha_bar(ALL, tmp_path / "ab.png", num_steps=0)
 
 
+@pytest.mark.slow
 def test_time_embedding_figure(tmp_path):
     assert_png(plots.plot_time_embedding(32, tmp_path / "emb.png", num_steps=100))
     assert_png(plots.plot_time_embedding(3, tmp_path / "odd.png", num_steps=10))
@@ -160,12 +163,14 @@ def test_time_embedding_figure(tmp_path):
 
 
 # ---------------------------------------------------------------------- training curves
+@pytest.mark.slow
 def test_training_curves_of_a_real_run(run_dir, tmp_path):
     records = plots.read_metrics(run_dir)
     assert [r["step"] for r in records] == list(range(1, 7))
     assert_png(plots.plot_training_curves(records, tmp_path / "training.png"))
 
 
+@pytest.mark.slow
 def test_training_curves_skip_records_without_a_key(tmp_path):
     records = [
         {"step": s, "loss": 1 / s, **({"loss_t_q1": 2 / s} if s % 2 else {})} for s in range(1, 30)
@@ -203,6 +208,7 @@ def test_read_metrics_tolerates_a_truncated_last_line(tmp_path):
 
 
 # ---------------------------------------------------------------------- quality vs NFE
+@pytest.mark.slow
 def test_quality_vs_nfe_figure(tmp_path):
     rows = eval_rows()
     assert_png(plots.plot_quality_vs_nfe(rows, tmp_path / "fid.png"))
@@ -231,6 +237,7 @@ def wrote(capsys) -> Path:
     return Path(out.removeprefix("wrote "))
 
 
+@pytest.mark.slow
 def test_cli_plot_schedules_forward_embedding(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["plot", "schedules", "--num-steps", "100"]) == 0
@@ -250,6 +257,7 @@ def test_cli_plot_schedules_forward_embedding(tmp_path, capsys, monkeypatch):
     assert_png(tmp_path / "time_embedding.png")
 
 
+@pytest.mark.slow
 def test_cli_plot_training_and_quality(run_dir, capsys):
     assert main(["plot", "training", str(run_dir)]) == 0
     assert wrote(capsys) == run_dir / "training.png"

@@ -114,20 +114,24 @@ def test_derivation_reproduces_the_expected_shrinkage():
     assert 0.82 < v / S**2 < 0.87  # DDIM's discretisation shrinks the variance by ~15%
 
 
+@pytest.mark.slow
 def test_ancestral_sampling_matches_derivation_float64():
     assert_moments(run("ddpm", None), ancestral_moments())
 
 
+@pytest.mark.slow
 def test_ancestral_fixed_large_matches_derivation():
     assert_moments(run("ddpm", None, variance="fixed_large"), ancestral_moments(False))
 
 
+@pytest.mark.slow
 def test_ancestral_float32_within_three_percent():
     m, v = run("ddpm", None, dtype=torch.float32)
     assert abs(v / S**2 - 1) < 0.04 and abs(m - MU) < 0.01
 
 
 @pytest.mark.parametrize("steps", [10, 50, 1000])
+@pytest.mark.slow
 def test_ddim_matches_derivation(steps):
     assert_moments(run("ddim", steps), ddim_moments(steps))
 

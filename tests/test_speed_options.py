@@ -97,6 +97,7 @@ def test_channels_last_trains_like_the_default_layout(shapes_npz, tmp_path, one_
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
 
+@pytest.mark.slow
 def test_compile_wraps_the_training_model(shapes_npz, tmp_path, monkeypatch, one_thread):
     """train.compile hands the training model to torch.compile (here with the eager backend:
     the inductor backend needs minutes on this CPU) and trains to the same weights."""
@@ -138,6 +139,7 @@ def test_the_precision_follows_the_device(
     assert (note is not None) == (amp and expected[0] is None)
 
 
+@pytest.mark.slow
 def test_float16_with_a_grad_scaler_resumes_exactly(shapes_npz, tmp_path, one_thread):
     fp16 = ("train.amp_dtype=fp16", "train.checkpoint_every=2", "train.lr_schedule=constant")
     _train(shapes_npz, tmp_path / "straight", "train.steps=4", *fp16)

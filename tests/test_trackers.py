@@ -83,6 +83,7 @@ def test_training_without_tensorboard_writes_no_events(shapes_npz, tmp_path, mon
 
 
 # ---------------------------------------------------------------------- MLflow (a file store)
+@pytest.mark.slow
 def test_training_with_mlflow_logs_metrics_params_and_grids_and_resumes_the_run(
     shapes_npz, tmp_path
 ):

@@ -362,6 +362,7 @@ def signal_inside(monkeypatch, target, name, calls_before, signum):
         ("data", signal.SIGTERM),  # while the batch of the next step is drawn
     ],
 )
+@pytest.mark.slow
 def test_a_signal_anywhere_in_a_step_resumes_bit_for_bit(
     shapes_npz, tmp_path, monkeypatch, precision, interactive_sigint, where, signum
 ):

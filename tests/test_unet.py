@@ -338,6 +338,7 @@ def test_linear_attention_matches_reference() -> None:
 # --- packaging --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_importing_nn_loads_only_errors_precision_and_the_configs_from_ddpmkit() -> None:
     """The network knows nothing of the diffusion, data or training: besides errors and
     precision it loads only the config dataclasses (``ddpmkit.config``, which import no torch
