@@ -1,8 +1,9 @@
 """Sampler error per network call on Gaussian data, where the answer is known exactly.
 
 Data N(0.1, 0.3²) per pixel, linear schedule, T = 1000, driven by the exact optimal denoiser
-(ddpmkit.gaussian). Deterministic samplers map x_T to A·x_T + B, so running them on x_T = 0 and 1
-gives the output variance A² exactly; the ancestral sampler is measured on 200k samples.
+(tests/gaussian_oracle.py). Deterministic samplers map x_T to A·x_T + B, so running them on
+x_T = 0 and 1 gives the output variance A² exactly; the ancestral sampler is measured on 200k
+samples.
 Prints the output variance divided by the data variance (1 = exact) per sampler and NFE.
 
     python benchmarks/gaussian_samplers.py
@@ -10,12 +11,17 @@ Prints the output variance divided by the data variance (1 = exact) per sampler 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 
 from ddpmkit.diffusion import GaussianDiffusion
-from ddpmkit.gaussian import GaussianDataDenoiser
 from ddpmkit.samplers import function_evaluations, sample
 from ddpmkit.schedules import make_schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from gaussian_oracle import GaussianOracle  # noqa: E402 (the tests' independent oracle)
 
 MU, S, T = 0.1, 0.3, 1000
 NFES = (10, 20, 50, 100, 1000)
@@ -23,7 +29,7 @@ NFES = (10, 20, 50, 100, 1000)
 
 def variance_ratio(sampler: str, steps: int) -> float:
     d = GaussianDiffusion(make_schedule("linear", T))
-    model = GaussianDataDenoiser(d, MU, S)
+    model = GaussianOracle.for_schedule("linear", T, MU, S)
     kw = dict(sampler=sampler, steps=steps, clip_x0=False, dtype=torch.float64)
     if sampler == "ddpm":
         gen = torch.Generator().manual_seed(0)

@@ -24,11 +24,11 @@ def test_a_network_is_read_as_the_exact_posterior_mean_whatever_it_predicts(pred
     """For x_0 ~ N(μ, s²) the MSE-optimal network outputs E[ε|x_t], E[x_0|x_t] or E[v|x_t]; read
     through ModelDenoiser each must give x̂_0 = μ + √ᾱ s²/(ᾱ s² + 1 − ᾱ) (x_t − √ᾱ μ), written
     here from ᾱ alone in float64 (an independent closed form), and ε̂ tied to it by eq. 4."""
-    from ddpmkit.gaussian import GaussianDataDenoiser
+    from gaussian_oracle import GaussianOracle
 
     diffusion = GaussianDiffusion(make_schedule("cosine", 100), prediction)
     mu, s = 0.3, 0.7
-    network = GaussianDataDenoiser(diffusion, mu, s)
+    network = GaussianOracle.for_schedule("cosine", 100, mu, s, prediction)
     t = torch.tensor([0, 10, 50, 99])
     x_t = torch.linspace(-2, 2, 4, dtype=torch.float64).reshape(4, 1)
     pred = ModelDenoiser(network, diffusion)(x_t, t)

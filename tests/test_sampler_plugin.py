@@ -5,11 +5,11 @@ Gaussian data (an independent closed form, not the code under test)."""
 import torch
 
 from ddpmkit.diffusion import GaussianDiffusion
-from ddpmkit.gaussian import GaussianDataDenoiser
 from ddpmkit.generate import SampleRequest, generate
 from ddpmkit.sampling import Sampler, SamplerStep, TimeGrid
 from ddpmkit.sampling.denoiser import timesteps_like
 from ddpmkit.schedules import make_schedule
+from gaussian_oracle import GaussianOracle
 
 
 def euler(denoiser, x, grid, *, noise=None, callback=None):
@@ -30,7 +30,7 @@ def euler(denoiser, x, grid, *, noise=None, callback=None):
 def test_a_sampler_defined_here_runs_through_generate_and_samples_the_gaussian() -> None:
     diffusion = GaussianDiffusion(make_schedule("linear", 1000))
     mean, std = 0.3, 0.5
-    model = GaussianDataDenoiser(diffusion, mean, std)
+    model = GaussianOracle.for_schedule("linear", 1000, mean, std)
     plugin = Sampler("euler", euler, TimeGrid.karras, default_steps=100)
     request = SampleRequest(n=4000, sampler=plugin, seed=0, batch_size=4000, clip_x0=False)
     with torch.no_grad():

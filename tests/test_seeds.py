@@ -10,10 +10,10 @@ import torch
 
 from ddpmkit.diffusion import GaussianDiffusion, normal_like
 from ddpmkit.errors import ConfigError
-from ddpmkit.gaussian import GaussianDataDenoiser
 from ddpmkit.generate import SampleRequest, SampleResult, generate
 from ddpmkit.schedules import make_schedule
 from ddpmkit.seeding import PerSampleGenerator, sample_seed
+from gaussian_oracle import GaussianOracle
 
 T = 20
 SHAPE = (2, 4, 4)
@@ -31,7 +31,8 @@ class Recorder:
     """The exact Gaussian denoiser, keeping every input it is called with."""
 
     def __init__(self, diffusion: GaussianDiffusion) -> None:
-        self.model = GaussianDataDenoiser(diffusion, 0.1, 0.3)
+        alpha_bar = diffusion.schedule.alphas_cumprod.numpy()
+        self.model = GaussianOracle(alpha_bar, 0.1, 0.3, diffusion.prediction)
         self.inputs: list[torch.Tensor] = []
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
