@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ddpmkit.seeding import PerSampleGenerator
-from ddpmkit.timesteps import UniformSampler
+from ddpmkit.timesteps import UniformSampler, uniform_timesteps
 
 
 def draw_seed(seed: int, attempt: int, row: int | None = None) -> int:
@@ -70,7 +70,7 @@ def draw_batch(
     index = torch.tensor(list(rows), dtype=torch.long)
     cpu = torch.Generator().manual_seed(draw_seed(seed, attempt))
     if timestep_sampler is None:
-        t = torch.randint(0, num_steps, (batch_size,), generator=cpu)
+        t = uniform_timesteps(num_steps, batch_size, cpu)
         weights = None
     else:
         t, weights = timestep_sampler.sample(batch_size, torch.device("cpu"), cpu)

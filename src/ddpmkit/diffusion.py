@@ -28,6 +28,7 @@ from ddpmkit.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from ddpmkit.precision import autocast_disabled
 from ddpmkit.schedules import Schedule, ScheduleTables, make_schedule
 from ddpmkit.seeding import PerSampleGenerator
+from ddpmkit.timesteps import uniform_timesteps
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -431,9 +432,7 @@ class GaussianDiffusion:
         self, batch: int, device: torch.device, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """t ~ Uniform{0, …, T−1}, one per example (Algorithm 1)."""
-        gen_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_steps, (batch,), generator=generator, device=gen_device)
-        return t.to(device)
+        return uniform_timesteps(self.num_steps, batch, generator, device)
 
     def training_target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the network is asked to output: ε, x_0 or v."""

@@ -9,6 +9,19 @@ from ddpmkit.config.run import TIMESTEP_SAMPLERS  # noqa: E402 (named with the c
 from ddpmkit.errors import ConfigError
 
 
+def uniform_timesteps(
+    num_steps: int,
+    batch: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """t ~ Uniform{0, …, T−1}, one per example (Ho et al., Algorithm 1), drawn on the
+    generator's device and moved to ``device``: the one place a uniform t is drawn."""
+    gen_device = generator.device if generator is not None else device
+    t = torch.randint(0, num_steps, (batch,), generator=generator, device=gen_device)
+    return t if device is None else t.to(device)
+
+
 class UniformSampler:
     """t ~ Uniform{0, …, T−1}, weight 1."""
 
