@@ -25,9 +25,8 @@ from ddpmkit.errors import ConfigError, DataError, RunDirError
 from ddpmkit.generate import SampleRequest, generate
 from ddpmkit.metrics.extractors import EXTRACTORS, FeatureExtractor, extract_features
 from ddpmkit.metrics.frechet import GaussianStats, frechet_distance
-from ddpmkit.metrics.kid import kernel_inception_distance
-from ddpmkit.metrics.precision_recall import precision_recall
 from ddpmkit.metrics.reference import reference_features
+from ddpmkit.metrics.scores import score_sets
 from ddpmkit.run.loaded import LoadedRun
 from ddpmkit.rundir import RunDir
 from ddpmkit.sampling import get_sampler
@@ -132,13 +131,28 @@ def halves_fid(features: np.ndarray, draws: int = 5, seed: int = 0) -> float:
 def score(
     fake: np.ndarray, reference: Reference, request: EvalRequest
 ) -> tuple[float, float, float, float, float]:
-    """FID, KID mean and std, precision, recall of ``fake`` features against the reference."""
-    fid = frechet_distance(reference.stats, GaussianStats.of(fake))
-    kid = kernel_inception_distance(
-        reference.features, fake, request.kid_subsets, request.kid_subset_size, request.seed
+    """FID, KID mean and std, precision, recall of ``fake`` features against the reference
+    (:func:`~ddpmkit.metrics.scores.score_sets`; precision and recall are NaN for k or fewer
+    samples)."""
+    scores = score_sets(
+        reference.stats,
+        GaussianStats.of(fake),
+        reference.features,
+        fake,
+        kid_subsets=request.kid_subsets,
+        kid_subset_size=request.kid_subset_size,
+        seed=request.seed,
+        k=request.k,
     )
-    pr = precision_recall(reference.features, fake, request.k)
-    return fid, kid.mean, kid.std, pr.precision, pr.recall
+    pr = scores.precision_recall
+    nan = float("nan")
+    return (
+        scores.fid,
+        scores.kid.mean,
+        scores.kid.std,
+        pr.precision if pr else nan,
+        pr.recall if pr else nan,
+    )
 
 
 def read_samples(path: Path, data: DataConfig) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch
 from ddpmkit.data import DataConfig, load_dataset
 from ddpmkit.errors import ConfigError, DataError
 from ddpmkit.metrics.extractors import FeatureExtractor, extract_features, load_extractor
-from ddpmkit.metrics.frechet import GaussianStats, frechet_distance
+from ddpmkit.metrics.frechet import GaussianStats
 from ddpmkit.metrics.presets import paper_warning, preset_features
 
 STATS_KEYS = ("mu", "sigma")
@@ -282,9 +282,8 @@ def _device(name: str) -> str:
 
 def compute_fid(a: str, b: str, request: FidRequest, progress: bool = True) -> FidReport:
     """FID of ``a`` against ``b`` (and KID, precision and recall where both hold images)."""
-    from ddpmkit.metrics.kid import kernel_inception_distance
-    from ddpmkit.metrics.precision_recall import precision_recall
     from ddpmkit.metrics.reference import reference_features
+    from ddpmkit.metrics.scores import score_sets
 
     if request.batch_size < 1:
         raise ConfigError(f"--batch must be >= 1, got {request.batch_size}")
@@ -350,24 +349,33 @@ def compute_fid(a: str, b: str, request: FidRequest, progress: bool = True) -> F
         extractor_fingerprint=extractor.fingerprint if extractor is not None else None,
         image_size=size,
         channels=channels,
-        fid=frechet_distance(stats[0], stats[1]),
+        fid=float("nan"),
         preset=request.preset,
         stats=(stats[0], stats[1]),
     )
-    if all(s.features is not None for s in sides):
-        fa, fb = sides[0].features, sides[1].features
-        kid = kernel_inception_distance(
-            fb, fa, request.kid_subsets, request.kid_subset_size, request.seed
-        )
+    both = all(s.features is not None for s in sides)
+    scores = score_sets(  # B is the reference, A the generated set (as in ddpm eval)
+        stats[1],
+        stats[0],
+        sides[1].features if both else None,
+        sides[0].features if both else None,
+        kid_subsets=request.kid_subsets,
+        kid_subset_size=request.kid_subset_size,
+        seed=request.seed,
+        k=request.k,
+    )
+    report.fid = scores.fid
+    if scores.kid is not None:
+        kid = scores.kid
         report.kid_mean, report.kid_std = kid.mean, kid.std
         report.kid_subsets, report.kid_subset_size = kid.subsets, kid.subset_size
-        if min(len(fa), len(fb)) > request.k:
-            pr = precision_recall(fb, fa, request.k)
-            report.precision, report.recall, report.k = pr.precision, pr.recall, pr.k
-        else:
-            report.warnings.append(
-                f"no precision/recall: it needs more than k = {request.k} images on each side"
-            )
+    if scores.precision_recall is not None:
+        pr = scores.precision_recall
+        report.precision, report.recall, report.k = pr.precision, pr.recall, pr.k
+    elif both:
+        report.warnings.append(
+            f"no precision/recall: it needs more than k = {request.k} images on each side"
+        )
     if request.preset == "paper":
         for name, st in (("A", stats[0]), ("B", stats[1])):
             if st.n:
