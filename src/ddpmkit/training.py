@@ -222,26 +222,51 @@ class Trainer:
         self.run_dir = self.run.path
         self.progress = progress
         self.rank, local_rank, self.world = _distributed()
-        tc = config.train
-        if self.world > 1:
-            if tc.batch_size % (self.world * tc.grad_accum):
-                raise ConfigError(
-                    f"train.batch_size ({tc.batch_size}) must split evenly over {self.world} "
-                    f"processes × {tc.grad_accum} accumulation steps"
-                )
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-            self.device = (
-                torch.device("cuda", local_rank)
-                if torch.cuda.is_available()
-                else torch.device("cpu")
-            )
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-        else:
-            self.device = resolve_device(tc.device)
         self.is_main = self.rank == 0
+        self.device = self._join_processes(local_rank)
+        checkpoint = self._previous_checkpoint(resume)
+        dataset = self._load_data(progress)
+        self.labels, self.class_names = self._class_labels(dataset)
+        self.diffusion = GaussianDiffusion.from_config(config.diffusion)
+        self.state = self._new_state()
+        if checkpoint is not None:
+            self.state.load_state_dict(checkpoint, self.rank, self.world)
+        self.start_step = self.state.step
+        self._saved_step = self.start_step if checkpoint is not None else None
+        self._position_the_stream()
+        if self.is_main:  # drop the log lines of steps that this run is going to redo
+            self.run.truncate_metrics(self.start_step)
+        check_installed(config.train.tracker)  # every rank, before any work; rank 0 tracks
+        self.tracker = (
+            make_tracker(config.train.tracker, self.run, config, self.start_step)
+            if self.is_main
+            else None
+        )
+        self.train_model = self._training_model()
 
+    def _join_processes(self, local_rank: int) -> torch.device:
+        """The training device; under torchrun, after joining the process group (one GPU per
+        process) and checking that the global batch splits evenly."""
+        tc = self.config.train
+        if self.world == 1:
+            return resolve_device(tc.device)
+        if tc.batch_size % (self.world * tc.grad_accum):
+            raise ConfigError(
+                f"train.batch_size ({tc.batch_size}) must split evenly over {self.world} "
+                f"processes × {tc.grad_accum} accumulation steps"
+            )
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device
+
+    def _previous_checkpoint(self, resume: bool):
+        """The checkpoint to resume from (None: a new run, or one stopped before its first
+        checkpoint); a run directory already holding a run needs ``resume``."""
+        tc = self.config.train
         checkpoint = None
         if self.run.path.is_dir() and self.run.has_checkpoint():
             if not resume:
@@ -253,22 +278,23 @@ class Trainer:
             checkpoint = self.run.load_checkpoint()
         elif resume and not self.run.has_config():
             raise RunDirError(f"nothing to resume: '{self.run_dir}' holds no run")
-        # resume of a run stopped before its first checkpoint: it starts again from step 0
         if checkpoint is not None and checkpoint.step > tc.steps:
             raise ConfigError(
                 f"the run in '{self.run_dir}' is already at step {checkpoint.step}, past "
                 f"train.steps={tc.steps}: give train.steps >= {checkpoint.step}"
             )
+        return checkpoint
 
-        dataset = self._load_data(progress)
-        self.labels, self.class_names = self._class_labels(dataset)
-
+    def _new_state(self) -> TrainState:
+        """A fresh TrainState: the U-Net initialised from ``train.seed`` alone, its EMA copy,
+        AdamW, the sampler of t, the GradScaler of float16, and the global generators seeded
+        for this process (dropout draws from torch's)."""
+        tc = self.config.train
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tc.seed)
-            model = UNet(config.model).to(self.device)
+            model = UNet(self.config.model).to(self.device)
         if tc.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.diffusion = GaussianDiffusion.from_config(config.diffusion)
         self._autocast_dtype, scaled, self._precision_note = training_precision(
             self.device, tc.amp, tc.amp_dtype
         )
@@ -276,7 +302,7 @@ class Trainer:
         torch.manual_seed(stream_seed)  # dropout draws from the global generator
         random.seed(stream_seed)  # Python's and numpy's generators too, for code that uses them
         np.random.seed(stream_seed % 2**32)
-        self.state = TrainState(
+        return TrainState(
             model=model,
             ema=copy.deepcopy(model).requires_grad_(False).eval(),
             optimizer=torch.optim.AdamW(
@@ -294,28 +320,25 @@ class Trainer:
             device=self.device,
             scaler=torch.amp.GradScaler(self.device.type) if scaled else None,
         )
-        if checkpoint is not None:
-            self.state.load_state_dict(checkpoint, self.rank, self.world)
-        self.start_step = self.state.step
+
+    def _position_the_stream(self) -> None:
+        """A streaming loader starts at the state's data position (epoch order and cursor)."""
         if isinstance(self.batches, StreamBatches):
+            tc = self.config.train
             micro = tc.batch_size // self.world // tc.grad_accum
-            self.batches.start(
-                Position(self.state.order, self.state.cursor, self.state.epoch), micro
-            )
-        self._saved_step = self.start_step if checkpoint is not None else None
-        if self.is_main:  # drop the log lines of steps that this run is going to redo
-            self.run.truncate_metrics(self.start_step)
-        check_installed(tc.tracker)  # every rank, before any work; rank 0 tracks
-        self.tracker = (
-            make_tracker(tc.tracker, self.run, config, self.start_step) if self.is_main else None
-        )
-        self.train_model: torch.nn.Module = model
+            position = Position(self.state.order, self.state.cursor, self.state.epoch)
+            self.batches.start(position, micro)
+
+    def _training_model(self) -> torch.nn.Module:
+        """The model the steps call: wrapped in DDP under torchrun, compiled if asked."""
+        model: torch.nn.Module = self.state.model
         if self.world > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
+            model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        if tc.compile:
-            self.train_model = torch.compile(self.train_model)
+        if self.config.train.compile:
+            model = torch.compile(model)
+        return model
 
     def _load_data(self, progress: bool) -> ImageDataset:
         """Load (or decode into the cache) the training images, rank 0 first under DDP so that
