@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from ddpmkit.config import resolve_config
-from ddpmkit.denoiser import ConditionalDenoiser, GuidedDenoiser, GuidedModelDenoiser
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.nn import UNet
+from ddpmkit.sampling.denoiser import ModelDenoiser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,11 +46,9 @@ def main() -> None:
         x = torch.randn(batch, channels, size, size)
         t = torch.full((batch,), 500)
         y = torch.randint(0, 10, (batch,))
-        plain = ConditionalDenoiser(model, diffusion, y)
-        two = GuidedDenoiser(
-            plain, ConditionalDenoiser(model, diffusion, torch.full_like(y, 10)), 2.0
-        )
-        one = GuidedModelDenoiser(model, diffusion, y, 10, 2.0)
+        plain = ModelDenoiser(model, diffusion, y)
+        two = ModelDenoiser(model, diffusion, y, 10, 2.0, max_batch=0)  # two calls per step
+        one = ModelDenoiser(model, diffusion, y, 10, 2.0)  # one call on the doubled batch
         with torch.no_grad():
             times = [
                 best_time(lambda d=d, x=x, t=t: d(x, t), args.repeats) for d in (plain, two, one)
