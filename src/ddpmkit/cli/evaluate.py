@@ -7,7 +7,7 @@ import sys
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from ddpmkit.evaluate import run_eval
+    from ddpmkit.evaluation.quality import run_eval
 
     done = run_eval(
         args.run_dir,
@@ -43,7 +43,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def nll(args: argparse.Namespace) -> int:
-    from ddpmkit.nll import run_nll
+    from ddpmkit.evaluation.nll import run_nll
 
     report, path = run_nll(
         args.run_dir,
@@ -67,7 +67,7 @@ def fid(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ddpmkit.fid import FidRequest, compute_fid, save_statistics
+    from ddpmkit.evaluation.fid import FidRequest, compute_fid, save_statistics
     from ddpmkit.fileio import atomic_write_text
 
     request = FidRequest(

@@ -56,7 +56,7 @@ def plot(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from ddpmkit.compare import markdown_table, side_by_side, summarize_runs
+    from ddpmkit.evaluation.compare import markdown_table, side_by_side, summarize_runs
     from ddpmkit.fileio import atomic_write_text
 
     summaries = summarize_runs(args.run_dirs)
