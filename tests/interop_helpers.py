@@ -14,6 +14,35 @@ from ddpmkit.train_state import optimizer_to_tensors
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# a U-Net of a few thousand parameters that diffusers' UNet2DModel expresses exactly
+TINY_MODEL = {
+    "in_channels": 1,
+    "base_channels": 8,
+    "channel_mults": [1, 2],
+    "attention": ["none", "full"],
+    "attention_heads": 1,
+    "norm_groups": 4,
+    "time_frequencies": "diffusers",
+}
+
+
+def sample_exported(run_dir: Path, folder: Path, steps: int):
+    """Export ``run_dir`` to ``folder`` and draw 2 images (numpy NHWC) with diffusers'
+    DDPMPipeline in ``steps`` steps, seeded."""
+    import diffusers
+
+    from ddpmkit.interop import export_diffusers
+
+    export_diffusers(run_dir, folder)
+    pipe = diffusers.DDPMPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        batch_size=2,
+        num_inference_steps=steps,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+
 
 def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
     """Give every parameter random values (fresh U-Nets are zero in many places): GroupNorm

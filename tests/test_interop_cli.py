@@ -12,20 +12,10 @@ import torch
 from ddpmkit.cli import main
 from ddpmkit.interop.model_card import dataset_id, read_front_matter
 from ddpmkit.rundir import RunDir
-from interop_helpers import make_run
+from interop_helpers import TINY_MODEL, make_run
 
 diffusers = pytest.importorskip("diffusers")
 diffusers.utils.logging.set_verbosity_error()
-
-TINY_MODEL = {
-    "in_channels": 1,
-    "base_channels": 8,
-    "channel_mults": [1, 2],
-    "attention": ["none", "full"],
-    "attention_heads": 1,
-    "norm_groups": 4,
-    "time_frequencies": "diffusers",
-}
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:

@@ -21,17 +21,8 @@ from ddpmkit.interop.diffusers_config import (
     scheduler_from_diffusers,
     scheduler_to_diffusers,
 )
-from interop_helpers import FIXTURES, make_run
+from interop_helpers import FIXTURES, TINY_MODEL, make_run, sample_exported
 
-TINY_MODEL = {
-    "in_channels": 1,
-    "base_channels": 8,
-    "channel_mults": [1, 2],
-    "attention": ["none", "full"],
-    "attention_heads": 1,
-    "norm_groups": 4,
-    "time_frequencies": "diffusers",
-}
 STEPS = 100
 SHAPE = (2, 1, 8, 8)
 CIFAR_SCHEDULER = FIXTURES / "ddpm-cifar10-32" / "scheduler_config.json"
@@ -286,12 +277,5 @@ def test_exported_learned_range_pipeline_samples_finite_images(tmp_path: Path) -
         {"variance": "learned_range", "loss": "hybrid", "num_steps": 20},
         data={"image_size": 8},
     )
-    export_diffusers(tmp_path / "run", tmp_path / "pipe")
-    pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "pipe")
-    images = pipe(
-        batch_size=2,
-        num_inference_steps=20,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    ).images
+    images = sample_exported(tmp_path / "run", tmp_path / "pipe", steps=20)
     assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()

@@ -15,7 +15,7 @@ from ddpmkit.generate import load_run
 from ddpmkit.interop import export_diffusers, import_diffusers
 from ddpmkit.interop.diffusers_config import InteropError
 from ddpmkit.rundir import RunDir
-from interop_helpers import FIXTURES, make_run, randomize
+from interop_helpers import FIXTURES, make_run, randomize, sample_exported
 
 diffusers = pytest.importorskip("diffusers")
 diffusers.utils.logging.set_verbosity_error()
@@ -131,14 +131,7 @@ def test_exported_pipeline_samples(tmp_path: Path) -> None:
         {"num_steps": 20},
         data={"image_size": 8},
     )
-    export_diffusers(tmp_path / "run", tmp_path / "pipe")
-    pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "pipe")
-    images = pipe(
-        batch_size=2,
-        num_inference_steps=5,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    ).images
+    images = sample_exported(tmp_path / "run", tmp_path / "pipe", steps=5)
     assert images.shape == (2, 8, 8, 1)
 
 
