@@ -10,7 +10,8 @@ them, so a source larger than memory is never held whole. Either way the result 
 (``x / 127.5 - 1``). :func:`to_uint8` is the exact inverse on the 256 levels. One module per
 source (:mod:`.digits`, :mod:`.folder`, :mod:`.npz`, :mod:`.cifar`, :mod:`.hf`); decoding and
 resampling are shared (:mod:`.imaging`); the order of training batches and where they are read
-from is :mod:`.loader`.
+from is :mod:`.loader`. It may import the config, errors and file I/O; never the diffusion,
+the samplers or the network.
 
 Resampling (one rule for every source):
 

@@ -6,7 +6,8 @@
   Hugging Face Hub) becomes a run directory for ``ddpm sample|eval|nll`` and ``train --resume``.
 
 Nothing here imports diffusers: the configs are JSON and the weights safetensors, read and
-written by ddpmkit itself (no pickle is ever read).
+written by ddpmkit itself (no pickle is ever read). It may import the config, the U-Net, the run
+directory and the schedules; only the command line imports it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Neural networks: the U-Net noise predictor and its building blocks (pure PyTorch)."""
+"""Neural networks: the U-Net noise predictor and its building blocks (pure PyTorch).
+
+It imports torch, its own config (:mod:`ddpmkit.config.model`), errors and precision only: the
+network knows nothing of the diffusion, the data or training."""
 
 from __future__ import annotations
 
