@@ -251,6 +251,15 @@ class TrainState:
         # saved counters count the epochs begun, i.e. they name the next epoch)
         self.epoch = max((int(r.get("epoch", 0)) for r in ranks if isinstance(r, dict)), default=0)
 
+    def seed_process(self, rank: int) -> None:
+        """The global generators of a process starting a run (dropout draws from torch's;
+        Python's and numpy's for code that uses them): from ``train.seed`` and the rank. A
+        resumed run then restores its saved states, or :meth:`reseed` derives new ones."""
+        stream = self.seed * 1000 + rank
+        torch.manual_seed(stream)
+        random.seed(stream)
+        np.random.seed(stream % 2**32)
+
     def reseed(self, rank: int) -> None:
         """Fresh, distinct streams for a process whose saved state does not exist (another
         world size): derived from ``train.seed``, the rank and the step."""

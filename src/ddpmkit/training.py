@@ -15,13 +15,11 @@ import copy
 import dataclasses
 import math
 import os
-import random
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -287,8 +285,8 @@ class Trainer:
 
     def _new_state(self) -> TrainState:
         """A fresh TrainState: the U-Net initialised from ``train.seed`` alone, its EMA copy,
-        AdamW, the sampler of t, the GradScaler of float16, and the global generators seeded
-        for this process (dropout draws from torch's)."""
+        AdamW, the sampler of t, the GradScaler of float16; the state seeds this process's
+        global generators (:meth:`TrainState.seed_process`)."""
         tc = self.config.train
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tc.seed)
@@ -298,11 +296,7 @@ class Trainer:
         self._autocast_dtype, scaled, self._precision_note = training_precision(
             self.device, tc.amp, tc.amp_dtype
         )
-        stream_seed = tc.seed * 1000 + self.rank
-        torch.manual_seed(stream_seed)  # dropout draws from the global generator
-        random.seed(stream_seed)  # Python's and numpy's generators too, for code that uses them
-        np.random.seed(stream_seed % 2**32)
-        return TrainState(
+        state = TrainState(
             model=model,
             ema=copy.deepcopy(model).requires_grad_(False).eval(),
             optimizer=torch.optim.AdamW(
@@ -320,6 +314,8 @@ class Trainer:
             device=self.device,
             scaler=torch.amp.GradScaler(self.device.type) if scaled else None,
         )
+        state.seed_process(self.rank)
+        return state
 
     def _position_the_stream(self) -> None:
         """A streaming loader starts at the state's data position (epoch order and cursor)."""
