@@ -310,3 +310,49 @@ def test_log_snr_of_the_plotted_schedules_is_finite():
         log_snr = torch.log(alpha_bar) - torch.log1p(-alpha_bar)
         assert all(math.isfinite(v) for v in log_snr.tolist())
         assert bool((log_snr[1:] < log_snr[:-1]).all())  # decreasing in t
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The matplotlib figures the plot functions save, to check what they show."""
+    import ddpmkit.plots
+
+    figures = []
+    save = ddpmkit.plots._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(ddpmkit.plots, "_save", keep)
+    return figures
+
+
+def test_the_schedules_figure_shows_the_published_alpha_bar_and_log_snr(tmp_path, drawn):
+    """Each curve's data against ᾱ of the published formulas (tests/gaussian_oracle.py, in
+    numpy, not ddpmkit's): the left panel ᾱ_t, the right one log(ᾱ_t/(1 − ᾱ_t)), at t/T."""
+    from gaussian_oracle import cosine_alpha_bar, linear_alpha_bar
+
+    plots.plot_alpha_bar(["linear", "cosine"], tmp_path / "s.png", num_steps=200)
+    left, right = drawn[0].axes[:2]
+    for name, oracle in (("linear", linear_alpha_bar), ("cosine", cosine_alpha_bar)):
+        expected = oracle(200)
+        (a,) = [line for line in left.get_lines() if line.get_label() == name]
+        (b,) = [line for line in right.get_lines() if line.get_label() == name]
+        np.testing.assert_allclose(a.get_xdata(), np.arange(1, 201) / 200)
+        np.testing.assert_allclose(a.get_ydata(), expected, rtol=1e-10)
+        np.testing.assert_allclose(b.get_ydata(), np.log(expected / (1 - expected)), rtol=1e-8)
+
+
+def test_the_quality_figure_has_one_line_per_sampler_through_its_rows(tmp_path, drawn):
+    """FID against NFE: a line per sampler whose points are exactly that sampler's rows, in
+    NFE order, on a log NFE axis."""
+    rows = eval_rows()
+    plots.plot_quality_vs_nfe(list(reversed(rows)), tmp_path / "q.png")
+    (ax,) = drawn[0].axes
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label()[0] == "_"}
+    assert set(lines) == {"ddim", "dpm++"} and ax.get_xscale() == "log"
+    for sampler, line in lines.items():
+        mine = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == sampler)
+        np.testing.assert_allclose(line.get_xdata(), [n for n, _ in mine])
+        np.testing.assert_allclose(line.get_ydata(), [f for _, f in mine])
