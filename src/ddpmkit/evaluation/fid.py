@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ddpmkit.data import DataConfig, load_dataset
+from ddpmkit.data.npz import check_image_header, read_npy, read_npy_header
 from ddpmkit.errors import ConfigError, DataError
 from ddpmkit.metrics.extractors import FeatureExtractor, extract_features, load_extractor
 from ddpmkit.metrics.frechet import GaussianStats
@@ -147,25 +148,10 @@ def _npz_members(path: Path) -> dict[str, zipfile.ZipInfo] | None:
         return None
 
 
-def _read_header(fp: io.BufferedIOBase, where: str) -> tuple[tuple[int, ...], np.dtype, bool]:
-    try:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except ValueError as e:
-        raise DataError(f"{where}: not a readable .npy array ({e})") from None
-    return tuple(int(n) for n in shape), dtype, bool(fortran)
+def _stats_header(ndim: int, dims: int | None):
+    """The header check of ``mu`` (``ndim`` 1) or ``sigma`` (2, of ``dims`` dimensions)."""
 
-
-def _read_stats_member(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, ndim: int, dims: int | None
-) -> np.ndarray:
-    with archive.open(info) as fp:
-        shape, dtype, _ = _read_header(fp, where)
+    def check(where: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
         if dtype.hasobject or dtype.kind != "f":
             raise DataError(f"{where}: expected a float array, got dtype {dtype}")
         if len(shape) != ndim or any(n != shape[0] for n in shape):
@@ -175,13 +161,17 @@ def _read_stats_member(
             raise DataError(f"{where}: {shape[0]} dimensions, expected 1..{MAX_STATS_DIMS}")
         if dims is not None and shape[0] != dims:
             raise DataError(f"{where}: shape {shape} does not fit 'mu' of {dims} dimensions")
-        if int(np.prod(shape)) * dtype.itemsize > info.file_size:
-            raise DataError(f"{where}: truncated: the header declares more data than is stored")
+
+    return check
+
+
+def _read_stats_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, ndim: int, dims: int | None
+) -> np.ndarray:
+    """A float array of a statistics ``.npz``, read by the data package's ``.npy`` reader: the
+    header checked before anything is allocated, the declared size against the stored bytes."""
     with archive.open(info) as fp:
-        try:
-            array = np.lib.format.read_array(fp, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise DataError(f"{where}: unreadable ({' '.join(str(e).split())})") from None
+        array = read_npy(fp, info.file_size, where, _stats_header(ndim, dims))
     array = np.asarray(array, dtype=np.float64)
     if not np.all(np.isfinite(array)):
         raise DataError(f"{where}: holds NaN or infinite values")
@@ -234,8 +224,10 @@ def _native_size(path: Path, members: dict[str, zipfile.ZipInfo]) -> int | None:
         return None
     try:
         with zipfile.ZipFile(path) as archive, archive.open(members["arr_0"]) as fp:
-            shape, _, _ = _read_header(fp, str(path))
-    except (DataError, OSError, zipfile.BadZipFile):
+            shape, _, _ = read_npy_header(
+                fp, members["arr_0"].file_size, str(path), check_image_header
+            )
+    except (DataError, OSError, ValueError, zipfile.BadZipFile):
         return None
     return shape[1] if len(shape) in (3, 4) and shape[1] == shape[2] else None
 
