@@ -18,7 +18,13 @@ from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError
 from ddpmkit.fileio import atomic_write_bytes
 from ddpmkit.precision import with_autocast
-from ddpmkit.run.loaded import GUIDANCE_CPU_MAX_BATCH, LoadedRun, load_run, resolve_device
+from ddpmkit.run.loaded import (
+    GUIDANCE_CPU_MAX_BATCH,
+    LoadedRun,
+    guidance_max_batch,
+    load_run,
+    resolve_device,
+)
 from ddpmkit.rundir import RunDir
 from ddpmkit.sampling import Sampler, SamplerStep, get_sampler, initial_noise, integrate, make_grid
 from ddpmkit.sampling.denoiser import ModelDenoiser
@@ -105,7 +111,7 @@ def generate(
         diffusion,
         null_label=request.null_label,
         guidance=request.guidance,
-        max_batch=GUIDANCE_CPU_MAX_BATCH if device.type == "cpu" else None,
+        max_batch=guidance_max_batch(device),
     )
     images, frames = [], []
     first, last = 0, request.n

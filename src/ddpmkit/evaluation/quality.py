@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpmkit.data import DataConfig, load_dataset, to_uint8
+from ddpmkit.diffusion import spaced_timesteps
 from ddpmkit.errors import ConfigError, DataError, RunDirError
 from ddpmkit.evaluation.scores import score_sets
 from ddpmkit.generate import SampleRequest, generate
@@ -175,10 +176,7 @@ def plan(request: EvalRequest, num_steps: int) -> list[tuple[str, int]]:
         spec = get_sampler(sampler)
         for steps in request.steps:
             count = spec.steps_for(num_steps) if steps is None else steps
-            if not 1 <= count <= num_steps:
-                raise ConfigError(
-                    f"steps must be between 1 and the model's {num_steps} steps, got {count}"
-                )
+            spaced_timesteps(num_steps, count)  # raises for a count outside [1, T]
             if (sampler, count) not in pairs:
                 pairs.append((sampler, count))
     return pairs

@@ -17,6 +17,12 @@ from ddpmkit.rundir import CLASSES_FILE, RunDir
 GUIDANCE_CPU_MAX_BATCH = 256  # one doubled-batch guidance call up to this size on a CPU (measured)
 
 
+def guidance_max_batch(device: torch.device) -> int | None:
+    """The largest doubled batch of one guided call on ``device``: on a CPU two calls are
+    faster beyond 256 images (BENCHMARKS.md); no limit elsewhere."""
+    return GUIDANCE_CPU_MAX_BATCH if device.type == "cpu" else None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → the first CUDA device if there is one, else the CPU."""
     if name == "auto":
@@ -69,7 +75,7 @@ class LoadedRun:
             labels,
             self.num_classes if self.num_classes else None,
             guidance,
-            max_batch=GUIDANCE_CPU_MAX_BATCH if self.device.type == "cpu" else None,
+            max_batch=guidance_max_batch(self.device),
         )
 
 

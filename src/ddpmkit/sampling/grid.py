@@ -17,7 +17,8 @@ topped up to exactly K distinct ones, so the number of network calls is exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -82,14 +83,20 @@ def truncated_schedule(schedule: Schedule, last: int | None) -> Schedule:
     return Schedule(name=f"{schedule.name}[:{last + 1}]", betas=schedule.betas[: last + 1].clone())
 
 
+def _check_timesteps(timesteps, num_steps: int) -> None:
+    """A non-empty increasing list of steps of a ``num_steps``-step process."""
+    steps = list(timesteps)
+    if not steps or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise ConfigError("a time grid needs a non-empty increasing list of timesteps")
+    if steps[0] < 0 or steps[-1] >= num_steps:
+        raise ConfigError(f"timesteps must lie in [0, {num_steps - 1}]")
+
+
 def respaced_schedule(schedule: Schedule, timesteps: list[int]) -> Schedule:
     """The process over the increasing subset ``timesteps`` of ``schedule``'s steps, with
     β'_i = 1 − ᾱ_{s_i}/ᾱ_{s_{i−1}} so that ᾱ' equals ᾱ on the subset (Nichol & Dhariwal 2021,
     §4)."""
-    if not timesteps or any(b <= a for a, b in zip(timesteps, timesteps[1:], strict=False)):
-        raise ConfigError("respacing needs a non-empty increasing list of timesteps")
-    if timesteps[0] < 0 or timesteps[-1] >= schedule.num_steps:
-        raise ConfigError(f"timesteps must lie in [0, {schedule.num_steps - 1}]")
+    _check_timesteps(timesteps, schedule.num_steps)
     alpha_bar = schedule.alphas_cumprod[torch.tensor(timesteps, dtype=torch.long)]
     prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
     return Schedule(name=f"{schedule.name}[{len(timesteps)}]", betas=1.0 - alpha_bar / prev)
@@ -101,34 +108,28 @@ class TimeGrid:
 
     base: Schedule
     timesteps: tuple[int, ...]
-    kind: str = "custom"
-    _lazy: dict = field(default_factory=dict, repr=False, compare=False)  # process, tables
 
     def __post_init__(self) -> None:
-        steps = list(self.timesteps)
-        if not steps or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
-            raise ConfigError("a time grid needs a non-empty increasing list of timesteps")
-        if steps[0] < 0 or steps[-1] >= self.base.num_steps:
-            raise ConfigError(f"timesteps must lie in [0, {self.base.num_steps - 1}]")
+        _check_timesteps(self.timesteps, self.base.num_steps)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def spaced(cls, schedule: Schedule, count: int, last: int | None = None) -> TimeGrid:
         """``count`` timesteps evenly spread over [0, last] (default T − 1), both ends kept."""
         base = truncated_schedule(schedule, last)
-        return cls(base, tuple(spaced_timesteps(base.num_steps, count)), "spaced")
+        return cls(base, tuple(spaced_timesteps(base.num_steps, count)))
 
     @classmethod
     def log_snr(cls, schedule: Schedule, count: int, last: int | None = None) -> TimeGrid:
         """``count`` timesteps uniform in half the log-SNR λ over [0, last]."""
         base = truncated_schedule(schedule, last)
-        return cls(base, tuple(log_snr_timesteps(base.alphas_cumprod, count)), "log_snr")
+        return cls(base, tuple(log_snr_timesteps(base.alphas_cumprod, count)))
 
     @classmethod
     def karras(cls, schedule: Schedule, count: int, last: int | None = None) -> TimeGrid:
         """``count`` timesteps on Karras et al.'s ρ = 7 schedule of σ̃ over [0, last]."""
         base = truncated_schedule(schedule, last)
-        return cls(base, tuple(karras_timesteps(base.alphas_cumprod, count)), "karras")
+        return cls(base, tuple(karras_timesteps(base.alphas_cumprod, count)))
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -139,23 +140,23 @@ class TimeGrid:
         """Whether the grid holds every step of ``base`` (no respacing)."""
         return len(self.timesteps) == self.base.num_steps
 
-    @property
+    @cached_property
     def process(self) -> Schedule:
         """The respaced process over the grid (``base`` itself when it holds every step)."""
-        if "process" not in self._lazy:
-            self._lazy["process"] = (
-                self.base if self.every_step else respaced_schedule(self.base, list(self.timesteps))
-            )
-        return self._lazy["process"]
+        if self.every_step:
+            return self.base
+        return respaced_schedule(self.base, list(self.timesteps))
 
-    @property
+    @cached_property
     def tables(self) -> ScheduleTables:
         """The respaced process's coefficients, indexed by the grid position k."""
-        if "tables" not in self._lazy:
-            self._lazy["tables"] = ScheduleTables(self.process)
-        return self._lazy["tables"]
+        return ScheduleTables(self.process)
+
+    @cached_property
+    def _base_alphas_cumprod(self) -> torch.Tensor:
+        return self.base.alphas_cumprod
 
     def alpha_sigma(self, k: int) -> tuple[float, float]:
         """(α, σ) = (√ᾱ, √(1 − ᾱ)) of the trained process at the grid's k-th timestep."""
-        alpha_bar = float(self.base.alphas_cumprod[self.timesteps[k]])
+        alpha_bar = float(self._base_alphas_cumprod[self.timesteps[k]])
         return float(np.sqrt(alpha_bar)), float(np.sqrt(1.0 - alpha_bar))
