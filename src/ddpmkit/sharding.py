@@ -41,25 +41,40 @@ def gather_shares(share: T) -> list[T]:
     return shares
 
 
+def join_process_group() -> bool:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs) unless this process has;
+    whether this call created it, and so must destroy it before the process exits: a process
+    leaving with gloo's threads still holding its last collective is aborted by the C++ runtime
+    at interpreter shutdown ("terminate called without an active exception", exit −6)."""
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def leave_process_group() -> None:
+    """Destroy the process group, if any, before the process exits (:func:`join_process_group`
+    says why): what ``ddpm train`` does after training under torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 @contextmanager
 def torchrun_processes(device: str) -> Iterator[tuple[bool, int, str]]:
     """(distributed, rank, device) of an evaluation command: under ``torchrun`` (WORLD_SIZE >
     1) the process group is joined (NCCL on GPUs, gloo on CPUs) and each process takes one GPU;
-    alone, (False, 0, device). A group created here is destroyed on the way out, on every path:
-    a process leaving with gloo's threads still holding its last collective is aborted by the
-    C++ runtime at interpreter shutdown ("terminate called without an active exception", exit
-    −6), which made a two-process eval fail about one run in four on a busy machine."""
+    alone, (False, 0, device). A group created here is destroyed on the way out, on every path
+    (see :func:`join_process_group`): without that a two-process eval failed about one run in
+    five on a busy machine."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield False, 0, device
         return
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    created = join_process_group()
     if device == "auto" and torch.cuda.is_available():
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         torch.cuda.set_device(torch.device(device))
     try:
         yield True, dist.get_rank(), device
     finally:
-        if created and dist.is_initialized():
-            dist.destroy_process_group()
+        if created:
+            leave_process_group()

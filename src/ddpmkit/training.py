@@ -44,6 +44,7 @@ from ddpmkit.nn import UNet
 from ddpmkit.precision import bf16_autocast_supported
 from ddpmkit.run.loaded import resolve_device
 from ddpmkit.rundir import CLASSES_FILE, RunDir
+from ddpmkit.sharding import join_process_group
 from ddpmkit.timesteps import make_timestep_sampler
 from ddpmkit.trackers import check_installed, make_tracker
 from ddpmkit.train_state import TrainState
@@ -253,8 +254,7 @@ class Trainer:
                 f"train.batch_size ({tc.batch_size}) must split evenly over {self.world} "
                 f"processes × {tc.grad_accum} accumulation steps"
             )
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        join_process_group()  # left to the caller afterwards: the command destroys it
         if not torch.cuda.is_available():
             return torch.device("cpu")
         device = torch.device("cuda", local_rank)

@@ -6,6 +6,7 @@ import argparse
 
 
 def train(args: argparse.Namespace) -> int:
+    from ddpmkit.sharding import leave_process_group
     from ddpmkit.training import Trainer, prepare_run
 
     config, run_dir = prepare_run(args.config, args.overrides, args.data, args.out, args.resume)
@@ -17,6 +18,7 @@ def train(args: argparse.Namespace) -> int:
         budget = f"{config.train.steps} steps" + (f" or {limit:g} min" if limit else "")
         print(f"run:   {run_dir} (device {trainer.device}, {budget})")
     result = trainer.train()
+    leave_process_group()
     if not trainer.is_main:
         return 0
     if result.step == trainer.start_step:
