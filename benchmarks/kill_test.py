@@ -27,7 +27,7 @@ from conftest import shapes_array, tiny_overrides  # noqa: E402
 from ddpmkit.config import resolve_config  # noqa: E402
 from ddpmkit.nn import UNet  # noqa: E402
 from ddpmkit.rundir import RunDir  # noqa: E402
-from ddpmkit.train_state import TrainState  # noqa: E402
+from ddpmkit.train import TrainState  # noqa: E402
 from killtest import kill_test  # noqa: E402
 from test_killtest import FORCED  # noqa: E402
 
@@ -46,8 +46,7 @@ def checkpoint_cost(config_name: str, repeats: int = 3) -> dict[str, float]:
         ema=ema,
         optimizer=optimizer,
         timestep_sampler=None,
-        data_gen=torch.Generator().manual_seed(0),
-        noise_gen=torch.Generator().manual_seed(1),
+        seed=0,
         device=torch.device("cpu"),
         step=1,
     )

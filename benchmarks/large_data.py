@@ -76,7 +76,7 @@ def train(npz: Path, out: Path, mode: str, steps: int, cache: Path) -> dict:
     code = (
         "import resource, sys, time\n"
         "from ddpmkit.config import resolve_config\n"
-        "from ddpmkit.training import Trainer\n"
+        "from ddpmkit.train import Trainer\n"
         "t = time.perf_counter()\n"
         f"config = resolve_config(overrides={overrides!r})\n"
         f"trainer = Trainer(config, {str(out)!r}, progress=False)\n"

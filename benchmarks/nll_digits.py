@@ -14,7 +14,7 @@ from pathlib import Path
 from ddpmkit.config import resolve_config
 from ddpmkit.generate import LoadedRun
 from ddpmkit.nll import evaluate_nll
-from ddpmkit.training import Trainer
+from ddpmkit.train import Trainer
 
 VARIANTS = {
     "hybrid, learned_range": ["variance=learned_range", "loss=hybrid"],

@@ -26,7 +26,7 @@ def train_rank(rank: int, world: int, run_dir: str, overrides: list[str], port: 
 
     from ddpmkit.config import resolve_config
     from ddpmkit.diffusion import GaussianDiffusion
-    from ddpmkit.training import Trainer
+    from ddpmkit.train import Trainer
 
     os.environ.update(
         RANK=str(rank),
@@ -121,19 +121,26 @@ def _use_sgd() -> None:
 
 def _record_indices(folder: str) -> None:
     """Log ``(step, indices)`` of every micro-batch this process takes from its data."""
-    import ddpmkit.training
+    from ddpmkit.data.loader import DeviceBatches
+    from ddpmkit.train.loop import Trainer
 
-    real = ddpmkit.training.next_indices
     path = os.path.join(folder, f"rank{os.environ.get('RANK', '0')}.jsonl")
     os.makedirs(folder, exist_ok=True)
+    real_next, real_step = DeviceBatches.next, Trainer._forward_backward
+    step = [None]
 
-    def recording(position, size, **kwargs):
-        index = real(position, size, **kwargs)
+    def forward_backward(self):
+        step[0] = self.state.step
+        return real_step(self)
+
+    def recording(self):
+        index, images = real_next(self)
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": position.step, "indices": index.tolist()}) + "\n")
-        return index
+            f.write(json.dumps({"step": step[0], "indices": index.tolist()}) + "\n")
+        return index, images
 
-    ddpmkit.training.next_indices = recording
+    Trainer._forward_backward = forward_backward
+    DeviceBatches.next = recording
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _zygote() -> None:
 
     from ddpmkit import rundir
     from ddpmkit.config import resolve_config
-    from ddpmkit.training import Trainer
+    from ddpmkit.train import Trainer
 
     for line in sys.stdin:
         request = json.loads(line)

@@ -20,7 +20,7 @@ from ddpmkit import __version__
 from ddpmkit.cli import main
 from ddpmkit.cli.parser import build_parser as _build_parser
 from ddpmkit.rundir import RunDir
-from ddpmkit.training import Trainer
+from ddpmkit.train.batches import TrainingBatches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -302,7 +302,7 @@ def test_a_signal_then_resume(shapes_npz, tmp_path, capsys, monkeypatch, request
     request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
     run = tmp_path / "run"
     calls = 0
-    next_batch = Trainer._next_batch
+    next_batch = TrainingBatches.next
 
     def signal_in_step_2(self, *args):
         nonlocal calls
@@ -311,7 +311,7 @@ def test_a_signal_then_resume(shapes_npz, tmp_path, capsys, monkeypatch, request
             os.kill(os.getpid(), signum)
         return next_batch(self, *args)
 
-    monkeypatch.setattr(Trainer, "_next_batch", signal_in_step_2)
+    monkeypatch.setattr(TrainingBatches, "next", signal_in_step_2)
     argv = ["train", "--data", str(shapes_npz), "--out", str(run), "--no-progress"]
     assert main([*argv, *TINY, "train.steps=4"]) == code
     err = capsys.readouterr().err.strip()
@@ -321,7 +321,7 @@ def test_a_signal_then_resume(shapes_npz, tmp_path, capsys, monkeypatch, request
         f"continue with `ddpm train --resume {run}`"
     )
     assert saved_step(run) == 2
-    monkeypatch.setattr(Trainer, "_next_batch", next_batch)
+    monkeypatch.setattr(TrainingBatches, "next", next_batch)
 
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert "done: step 4" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from ddpmkit.cli import main
 from ddpmkit.config import resolve_config
 from ddpmkit.errors import ConfigError, DataError
 from ddpmkit.nn import UNet
-from ddpmkit.training import Trainer
+from ddpmkit.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -25,14 +25,14 @@ from ddpmkit.data.cache import IMAGES_FILE, DataCache
 from ddpmkit.data.imaging import resize_square_float
 from ddpmkit.data.loader import (
     CPU_HOLD_SHARE,
+    EpochPlan,
     Position,
     choose_hold,
     epoch_share,
-    next_indices,
 )
 from ddpmkit.errors import DataError
 from ddpmkit.rundir import RunDir
-from ddpmkit.training import Trainer
+from ddpmkit.train import Trainer
 
 
 def _npz(path: Path, n: int = 40, size: int = 12, channels: int = 3, seed: int = 0):
@@ -226,12 +226,9 @@ def test_hf_streaming_into_the_cache_equals_the_loaded_data_set(tmp_path, monkey
 # ------------------------------------------------------------------------------- batches
 
 
-def test_next_indices_hand_out_each_image_once_per_epoch_across_epochs():
-    position = Position(torch.zeros(0, dtype=torch.long), 0, 0)
-    drawn = torch.cat([next_indices(position, 7, seed=3, count=10, rank=0, world=1)] * 1)
-    drawn = torch.cat(
-        [drawn, *[next_indices(position, 7, seed=3, count=10, rank=0, world=1) for _ in range(3)]]
-    )
+def test_a_position_hands_out_each_image_once_per_epoch_across_epochs():
+    position, plan = Position(), EpochPlan(seed=3, count=10)
+    drawn = torch.cat([position.take(7, plan) for _ in range(4)])
     expected = torch.cat([epoch_share(3, e, 10, 0, 1) for e in range(3)])[:28]
     assert torch.equal(drawn, expected)
     assert position.epoch == 3 and position.cursor == 8

@@ -9,7 +9,7 @@ from conftest import tiny_overrides
 from ddpmkit.cli import main
 from ddpmkit.config import resolve_config
 from ddpmkit.rundir import RunDir
-from ddpmkit.training import Trainer
+from ddpmkit.train import Trainer
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from ddpmkit.errors import RunDirError
 from ddpmkit.generate import load_run
 from ddpmkit.nn import UNet
 from ddpmkit.rundir import CheckpointWriteError, NonFiniteStateError, RunDir
-from ddpmkit.train_state import TrainState, optimizer_to_tensors
+from ddpmkit.train.state import TrainState, optimizer_to_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,7 +143,7 @@ def test_optimizer_and_generators_round_trip_without_pickle(tmp_path, config):
     state = make_state(config, steps=3)
     torch.manual_seed(2)
     torch.rand(5)  # move the streams somewhere particular
-    state.order, state.cursor = torch.randperm(20), 7
+    state.position.order, state.position.cursor = torch.randperm(20), 7
     np.random.seed(3)
     random.seed(4)
     save(run, state)
@@ -162,7 +162,8 @@ def test_optimizer_and_generators_round_trip_without_pickle(tmp_path, config):
     np.random.seed(0)
     random.seed(0)
     fresh.load_state_dict(run.load_checkpoint())
-    assert fresh.step == 3 and fresh.cursor == 7 and torch.equal(fresh.order, state.order)
+    assert fresh.step == 3 and fresh.position.cursor == 7
+    assert torch.equal(fresh.position.order, state.position.order)
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
@@ -191,7 +192,8 @@ def test_another_world_size_reseeds_every_rank_distinctly(tmp_path, config):
     for rank in range(2):
         fresh = make_state(config, steps=0)
         fresh.load_state_dict(checkpoint, rank=rank, world_size=2)
-        assert fresh.step == 3 and fresh.cursor == 0 and len(fresh.order) == 0
+        assert fresh.step == 3 and fresh.position.cursor == 0
+        assert len(fresh.position.order) == 0
         draws.append(torch.rand(4))
     assert not torch.equal(draws[0], draws[1])
 
@@ -415,7 +417,7 @@ def write_flat_run(folder: Path, config, state: TrainState, cursor: int) -> None
         torch.Generator().manual_seed(11).get_state(),  # 0.1's data and noise generators
         torch.Generator().manual_seed(12).get_state(),
         torch.get_rng_state(),
-        state.order.to(torch.int64).view(torch.uint8),
+        state.position.order.to(torch.int64).view(torch.uint8),
     ]
     header = torch.tensor([-4, cursor, *(p.numel() for p in parts)], dtype=torch.int64)
     tensors, opt_meta = optimizer_to_tensors(state.optimizer)
@@ -426,7 +428,7 @@ def write_flat_run(folder: Path, config, state: TrainState, cursor: int) -> None
 
 def test_a_run_directory_of_version_0_1_still_loads_and_resumes(tmp_path, config):
     state = make_state(config, steps=3)
-    state.order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+    state.position.order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(4)
     write_flat_run(tmp_path / "old", config, state, cursor=4)
     expected = torch.rand(3)  # the global stream continues from the packed state
@@ -436,7 +438,8 @@ def test_a_run_directory_of_version_0_1_still_loads_and_resumes(tmp_path, config
     fresh = make_state(config, steps=0, seed=7)
     torch.manual_seed(99)
     fresh.load_state_dict(RunDir(tmp_path / "old").load_checkpoint())
-    assert fresh.step == 3 and fresh.cursor == 4 and torch.equal(fresh.order, state.order)
+    assert fresh.step == 3 and fresh.position.cursor == 4
+    assert torch.equal(fresh.position.order, state.position.order)
     assert torch.equal(torch.rand(3), expected)
     assert_same_state(fresh.model, state.model)
     # a 0.1 file of another step than its state.json: one clear line

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import read_metrics, tiny_config
-from ddpmkit import training
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.nn import UNet, UNetConfig
 from ddpmkit.rundir import RunDir
-from ddpmkit.training import Trainer, training_precision
+from ddpmkit.train import Trainer, training_precision
+from ddpmkit.train import precision as train_precision
 
 
 def _weights(run) -> dict[str, torch.Tensor]:
@@ -133,7 +133,7 @@ def test_compile_wraps_the_training_model(shapes_npz, tmp_path, monkeypatch, one
 def test_the_precision_follows_the_device(
     monkeypatch, device, native_bf16, amp, amp_dtype, expected
 ):
-    monkeypatch.setattr(training, "bf16_autocast_supported", lambda d: native_bf16)
+    monkeypatch.setattr(train_precision, "bf16_autocast_supported", lambda d: native_bf16)
     dtype, scaled, note = training_precision(torch.device(device), amp, amp_dtype)
     assert (dtype, scaled) == expected
     assert (note is not None) == (amp and expected[0] is None)

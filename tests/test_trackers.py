@@ -16,7 +16,7 @@ from conftest import read_metrics, tiny_config
 from ddpmkit.errors import ConfigError
 from ddpmkit.rundir import RunDir
 from ddpmkit.trackers import TensorBoardTracker
-from ddpmkit.training import Trainer
+from ddpmkit.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,12 +17,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import read_metrics, temp_files, tiny_config, tiny_overrides
-from ddpmkit import training
 from ddpmkit.config import resolve_config
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.nn import UNet
 from ddpmkit.rundir import RunDir
+from ddpmkit.train import loop as train_loop
+from ddpmkit.train import precision as train_precision
+from ddpmkit.train.batches import TrainingBatches
 from ddpmkit.training import (
     Trainer,
     TrainingDiverged,
@@ -79,7 +81,7 @@ def assert_same_run(a, b):
 def precision(request, monkeypatch):
     """Both numeric paths, whatever this CPU has: bf16 autocast forced on, or amp off."""
     if request.param == "bfloat16":
-        monkeypatch.setattr(training, "bf16_autocast_supported", lambda device: True)
+        monkeypatch.setattr(train_precision, "bf16_autocast_supported", lambda device: True)
         return ("train.amp=true",)
     return ("train.amp=false",)
 
@@ -373,8 +375,8 @@ def test_a_signal_anywhere_in_a_step_resumes_bit_for_bit(
     targets = {
         "forward": (GaussianDiffusion, "training_loss"),
         "backward": (torch.optim.AdamW, "step"),
-        "ema": (training, "update_ema"),
-        "data": (Trainer, "_next_batch"),
+        "ema": (train_loop, "update_ema"),
+        "data": (TrainingBatches, "next"),
     }
     signal_inside(monkeypatch, *targets[where], calls_before=5, signum=signum)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
@@ -390,7 +392,7 @@ def test_a_signal_anywhere_in_a_step_resumes_bit_for_bit(
     assert {float(v) for k, v in optimizer.items() if k.endswith(".step")} == {5.0}
 
     if precision == ("train.amp=true",):
-        monkeypatch.setattr(training, "bf16_autocast_supported", lambda device: True)
+        monkeypatch.setattr(train_precision, "bf16_autocast_supported", lambda device: True)
     train(config, run, resume=True)
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 13))
     assert_same_run(run, tmp_path / "straight")
@@ -549,7 +551,7 @@ def test_overrides_reach_the_trainer(shapes_npz, tmp_path):
     trainer = Trainer(config, tmp_path / "run", progress=False)
     group = trainer.optimizer.param_groups[0]
     assert group["betas"] == (0.8, 0.95) and group["lr"] == 1e-3
-    assert trainer.data_count == 256 and trainer.batches.images.dtype == torch.uint8
+    assert trainer.data.count == 256 and trainer.data.source.images.dtype == torch.uint8
     assert trainer.start_step == 0
 
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # training interruption carries its own message
-        from ddpmkit.training import TrainingInterrupted
+        from ddpmkit.train import TrainingInterrupted
 
         if isinstance(err, TrainingInterrupted):
             print(

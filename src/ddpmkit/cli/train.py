@@ -7,7 +7,7 @@ import argparse
 
 def train(args: argparse.Namespace) -> int:
     from ddpmkit.sharding import leave_process_group
-    from ddpmkit.training import Trainer, prepare_run
+    from ddpmkit.train import Trainer, prepare_run
 
     config, run_dir = prepare_run(args.config, args.overrides, args.data, args.out, args.resume)
     trainer = Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)

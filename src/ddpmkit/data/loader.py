@@ -1,9 +1,9 @@
 """Training batches: which images, in which order, and where they are read from.
 
 Order: one permutation of the data set per epoch, drawn from (seed, epoch) alone, split between
-the processes by position (:func:`epoch_share`); :func:`next_indices` hands out a process's
-micro-batches from it and moves the position (kept in the training state, so that a resumed run
-draws exactly the batches it would have drawn).
+the processes by position (:func:`epoch_share`, :class:`EpochPlan`). A :class:`Position` (saved
+with the training state, so that a resumed run draws exactly the batches it would have drawn)
+names the next images; the batch source below hands them out and moves the position.
 
 Where from (``data.hold``, decided by :func:`choose_hold`):
 
@@ -19,10 +19,11 @@ Both give the same uint8 batch for the same indices, so the choice never changes
 
 from __future__ import annotations
 
+import collections
 import copy
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,33 +47,46 @@ def epoch_share(seed: int, epoch: int, count: int, rank: int, world: int) -> tor
     return torch.randperm(count, generator=generator)[rank::world]
 
 
+@dataclass(frozen=True)
+class EpochPlan:
+    """What fixes a process's data order: the seed, the number of images, the process's rank
+    and the number of processes (:func:`epoch_share`)."""
+
+    seed: int
+    count: int
+    rank: int = 0
+    world: int = 1
+
+    def share(self, epoch: int) -> torch.Tensor:
+        return epoch_share(self.seed, epoch, self.count, self.rank, self.world)
+
+
 @dataclass
 class Position:
     """Where a process is in its data: its share of the current epoch, how much of it is used,
-    and the number of the next epoch (the fields :class:`~ddpmkit.train_state.TrainState`
-    keeps, under the same names)."""
+    and the number of the next epoch (saved with the training state)."""
 
-    order: torch.Tensor
-    cursor: int
-    epoch: int
+    order: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    cursor: int = 0
+    epoch: int = 0  # epochs of this process's share begun so far
 
+    def take(self, size: int, plan: EpochPlan) -> torch.Tensor:
+        """The indices of the next ``size`` images, crossing into the next epoch's share when
+        this one runs out; the position moves past them."""
+        parts, needed = [], size
+        while needed > 0:
+            if self.cursor >= len(self.order):
+                self.order = plan.share(self.epoch)
+                self.epoch += 1
+                self.cursor = 0
+            took = self.order[self.cursor : self.cursor + needed]
+            self.cursor += len(took)
+            needed -= len(took)
+            parts.append(took)
+        return torch.cat(parts)
 
-def next_indices(
-    position: Position, size: int, *, seed: int, count: int, rank: int, world: int
-) -> torch.Tensor:
-    """The indices of the next ``size`` images, crossing into the next epoch's share when this
-    one runs out; ``position`` (any object with ``order``, ``cursor`` and ``epoch``) moves on."""
-    parts, needed = [], size
-    while needed > 0:
-        if position.cursor >= len(position.order):
-            position.order = epoch_share(seed, position.epoch, count, rank, world)
-            position.epoch += 1
-            position.cursor = 0
-        take = position.order[position.cursor : position.cursor + needed]
-        position.cursor += len(take)
-        needed -= len(take)
-        parts.append(take)
-    return torch.cat(parts)
+    def copy_from(self, other: Position) -> None:
+        self.order, self.cursor, self.epoch = other.order, other.cursor, other.epoch
 
 
 def choose_hold(requested: str, nbytes: int, device: torch.device) -> tuple[str, str]:
@@ -112,15 +126,19 @@ def _size(nbytes: int) -> str:
 
 
 class DeviceBatches:
-    """All images on the device; a batch is an index into them."""
+    """All images on the device; a batch is an index into them, taken from the position."""
 
     def __init__(self, images: torch.Tensor, device: torch.device, mapped: bool) -> None:
         # a memory-mapped cache is read into memory (on a CPU run .to() alone keeps the map);
         # images already in memory are not copied on a CPU run
         self.images = images.to(device, copy=mapped)
 
-    def fetch(self, index: torch.Tensor) -> torch.Tensor:
-        return self.images[index.to(self.images.device)]
+    def start(self, position: Position, plan: EpochPlan, size: int) -> None:
+        self._position, self._plan, self._size = position, plan, size
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self._position.take(self._size, self._plan)
+        return index, self.images[index.to(self.images.device)]
 
     def close(self) -> None:
         self.images = None
@@ -169,38 +187,36 @@ def _identity(batch):
 
 
 class StreamBatches:
-    """The planned batches, assembled ahead of time by a DataLoader (``workers`` processes, 0:
-    in this process) and moved to the device one step at a time.
+    """The batches of the position onwards, assembled ahead of time by a DataLoader
+    (``workers`` processes, 0: in this process) and moved to the device one step at a time.
 
-    The plan is a copy of the training position advanced by :func:`next_indices` with the same
-    arguments as the trainer's, so the loader runs ahead without moving the real position;
-    :meth:`fetch` checks that the batch it hands out has the indices the trainer drew.
+    The DataLoader plans from a copy of the position; each planned batch carries the position
+    after it, and :meth:`next` moves the real position there when it hands the batch out, so
+    the position always names the next batch the training loop will take.
     """
 
     PREFETCH = 2  # batches each worker prepares ahead
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        file: Path | None,
-        device: torch.device,
-        workers: int,
-        plan: dict,
+        self, images: torch.Tensor, file: Path | None, device: torch.device, workers: int
     ) -> None:
         self.rows = _Rows(images, file)
         self.device = device
         self.workers = workers
-        self.plan = plan
         self._batches: Iterator | None = None
 
-    def start(self, position: Position, size: int) -> None:
-        """Plan batches of ``size`` from ``position`` (copied) onwards."""
+    def start(self, position: Position, plan: EpochPlan, size: int) -> None:
+        """Plan batches of ``size`` from ``position`` onwards."""
         self.close()
+        self._position = position
         ahead = copy.deepcopy(position)
+        after: collections.deque[Position] = collections.deque()
 
         def indices() -> Iterator[torch.Tensor]:
-            while True:
-                yield next_indices(ahead, size, **self.plan)
+            while True:  # the DataLoader draws its plan in this process, in order
+                index = ahead.take(size, plan)
+                after.append(Position(ahead.order, ahead.cursor, ahead.epoch))
+                yield index
 
         loader = DataLoader(
             self.rows,
@@ -213,12 +229,12 @@ class StreamBatches:
             persistent_workers=False,
         )
         self._batches = iter(loader)
+        self._after = after
 
-    def fetch(self, index: torch.Tensor) -> torch.Tensor:
-        planned, images = next(self._batches)
-        if not torch.equal(planned, index):
-            raise RuntimeError("the data loader's plan and the training position disagree")
-        return images.to(self.device, non_blocking=True)
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        index, images = next(self._batches)
+        self._position.copy_from(self._after.popleft())
+        return index, images.to(self.device, non_blocking=True)
 
     def close(self) -> None:
         self._batches = None  # shuts the workers down

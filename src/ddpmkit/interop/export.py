@@ -81,7 +81,7 @@ def export_diffusers(
         raise ConfigError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
     if weights not in ("ema", "model"):
         raise ConfigError(f"weights must be 'ema' or 'model', got '{weights}'")
-    from ddpmkit.train_state import load_module_weights
+    from ddpmkit.train.state import load_module_weights
 
     out = Path(out)
     run = RunDir(run_dir).require()

@@ -182,7 +182,7 @@ def _dataset_placeholder(folder: Path) -> str:
 def import_diffusers(folder: str | Path, out: str | Path) -> ImportResult:
     """Turn the diffusers pipeline ``folder`` into the run directory ``out`` (which must not
     hold a run yet) and return what was made of it."""
-    from ddpmkit.train_state import optimizer_to_tensors
+    from ddpmkit.train.state import optimizer_to_tensors
 
     folder, run = Path(folder), RunDir(out)
     if run.path.exists() and not run.path.is_dir():

@@ -69,6 +69,29 @@ def _listing(names: Sequence[str], most: int = 12) -> str:
     return shown + (f", … ({len(names)} in all)" if len(names) > most else "")
 
 
+NOT_CONDITIONAL = (
+    "this run is not class-conditional (train it with train.conditional=true): drop --class"
+)
+
+
+def read_conditioning(
+    classes: str | None,
+    guidance: float,
+    num_classes: int,
+    names: Sequence[str] | None,
+    label_dropout: float,
+    what: str = "sampling",
+) -> Conditioning:
+    """``--class``/``--guidance`` read against a run of ``num_classes`` classes named ``names``
+    (:func:`parse_classes`) and checked (:func:`check`)."""
+    if classes is not None and not num_classes:
+        raise ConfigError(NOT_CONDITIONAL)
+    chosen = parse_classes(classes, names, num_classes)
+    conditioning = Conditioning(None if chosen is None else tuple(chosen), guidance)
+    check(conditioning, num_classes, label_dropout, what)
+    return conditioning
+
+
 def check(
     conditioning: Conditioning, num_classes: int, label_dropout: float, what: str = "sampling"
 ) -> None:
@@ -76,9 +99,7 @@ def check(
     without classes, and anything that needs the null class of a run trained without label
     dropout (the unconditional model: no classes, or a guidance weight)."""
     if conditioning.classes is not None and not num_classes:
-        raise ConfigError(
-            "this run is not class-conditional (train it with train.conditional=true): drop --class"
-        )
+        raise ConfigError(NOT_CONDITIONAL)
     if conditioning.guidance and conditioning.classes is None:
         raise ConfigError("--guidance needs --class (and a class-conditional run)")
     needs_null = conditioning.classes is None or conditioning.guidance != 0

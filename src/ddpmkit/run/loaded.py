@@ -11,7 +11,7 @@ import torch
 from ddpmkit.config import RunConfig
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.errors import ConfigError
-from ddpmkit.run.conditioning import Conditioning, check, parse_classes
+from ddpmkit.run.conditioning import Conditioning, read_conditioning
 from ddpmkit.rundir import CLASSES_FILE, RunDir
 
 GUIDANCE_CPU_MAX_BATCH = 256  # one doubled-batch guidance call up to this size on a CPU (measured)
@@ -55,13 +55,14 @@ class LoadedRun:
         """``--class``/``--guidance`` read against this run (names, indices, ``all``) and
         checked: classes on an unconditional run, guidance without classes, and anything that
         needs the untrained null class of a ``label_dropout=0`` run are refused."""
-        if classes is not None and not self.num_classes:
-            chosen = [0]  # refused by check() with the reason
-        else:
-            chosen = parse_classes(classes, self.class_names, self.num_classes)
-        conditioning = Conditioning(None if chosen is None else tuple(chosen), guidance)
-        check(conditioning, self.num_classes, self.config.train.label_dropout, what)
-        return conditioning
+        return read_conditioning(
+            classes,
+            guidance,
+            self.num_classes,
+            self.class_names,
+            self.config.train.label_dropout,
+            what,
+        )
 
     def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 0.0, model=None):
         """The network read through the diffusion, at ``labels`` (None: unconditional — the
@@ -85,7 +86,7 @@ def load_run(
     """Rebuild the model and diffusion of a run directory with the ``ema`` or ``model`` weights
     of checkpoint ``step`` (default: the latest good one)."""
     from ddpmkit.nn import UNet
-    from ddpmkit.train_state import load_module_weights
+    from ddpmkit.train.state import load_module_weights
 
     if weights not in ("ema", "model"):
         raise ConfigError(f"weights must be 'ema' or 'model', got '{weights}'")

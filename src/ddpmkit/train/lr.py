@@ -1,0 +1,20 @@
+"""The learning rate at a step: linear warm-up, then constant or cosine decay."""
+
+from __future__ import annotations
+
+import math
+
+from ddpmkit.config import TrainConfig
+
+
+def learning_rate(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then constant or cosine decay to 0. The
+    decay follows the larger of the share of steps done and ``time_fraction``, the share of the
+    time limit used, so a time-limited run ends its decay when its time runs out."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, max((step - config.warmup_steps) / span, time_fraction))
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
