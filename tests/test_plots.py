@@ -18,7 +18,7 @@ from conftest import temp_files, tiny_config
 from ddpmkit import plots
 from ddpmkit.cli import main
 from ddpmkit.errors import ConfigError, RunDirError
-from ddpmkit.training import Trainer
+from ddpmkit.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,15 +26,16 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 ALL = ["linear", "cosine", "quadratic", "sigmoid"]
 
 
-def assert_png(path: Path, min_colors: int = 8) -> tuple[int, int]:
-    """A readable, non-blank PNG; returns its size."""
+def assert_png(path: Path) -> tuple[int, int]:
+    """The file side of a figure: a readable, non-blank PNG written atomically (no temporary
+    file left); returns its size. What each figure shows is checked on its data below."""
     assert path.is_file() and path.stat().st_size > 0
     with Image.open(path) as image:
         image.load()
         assert image.format == "PNG"
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape[0] > 50 and pixels.shape[1] > 50
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) >= min_colors  # not blank
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1  # not blank
     assert temp_files(path.parent) == []
     return image.size
 
@@ -356,3 +357,64 @@ def test_the_quality_figure_has_one_line_per_sampler_through_its_rows(tmp_path, 
         mine = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == sampler)
         np.testing.assert_allclose(line.get_xdata(), [n for n, _ in mine])
         np.testing.assert_allclose(line.get_ydata(), [f for _, f in mine])
+
+
+def test_the_forward_figure_shows_x_t_of_the_published_alpha_bar(tmp_path, drawn):
+    """Each panel's pixels are to_uint8(√ᾱ_t x₀ + √(1−ᾱ_t) ε) with ᾱ of the published linear
+    schedule (numpy oracle) at the column's t and one ε for every panel (eq. 4); rows are
+    schedules, columns evenly spaced t titled with the paper's 1-based t."""
+    from gaussian_oracle import linear_alpha_bar
+
+    image = disk(12).double()
+    plots.plot_forward_process(image, ["linear", "cosine"], tmp_path / "f.png", num=3, seed=5)
+    axes = np.array(drawn[0].axes).reshape(2, 3)
+    noise = torch.randn(
+        image.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    )
+    alpha_bar = linear_alpha_bar(1000)
+    columns = np.round(np.linspace(0, 999, 3)).astype(int)  # evenly spaced t of 0 … 999
+    for col, t in enumerate(columns):
+        assert axes[0, col].get_title() == f"t = {t + 1}"
+        a = alpha_bar[t]
+        x_t = (np.sqrt(a) * image.numpy() + np.sqrt(1 - a) * noise.numpy())[0]
+        expected = np.clip(np.round((x_t + 1) * 127.5), 0, 255)
+        shown = np.asarray(axes[0, col].get_images()[0].get_array())
+        assert np.abs(shown.astype(float) - expected).max() <= 1  # rounding of the uint8 step
+    # the cosine row differs from the linear one only through ᾱ_t: the same ε
+    first = np.asarray(axes[1, 2].get_images()[0].get_array()).astype(float)
+    assert np.corrcoef(first.ravel(), (noise[0].numpy() + 1).ravel())[0, 1] > 0.95
+
+
+def test_the_embedding_figure_shows_sines_then_cosines_of_t(tmp_path, drawn):
+    """The heat map is [sin(t·ω_k), cos(t·ω_k)], k = 0 … d/2−1, with Ho et al.'s (2020)
+    frequencies ω_k = 10000^(−k/(d/2−1)) (their get_timestep_embedding, written out here),
+    rows t = 0 … T−1."""
+    plots.plot_time_embedding(8, tmp_path / "e.png", num_steps=50)
+    shown = np.asarray(drawn[0].axes[0].get_images()[0].get_array())
+    t = np.arange(50)[:, None]
+    omega = 10000.0 ** (-np.arange(4) / 3)
+    np.testing.assert_allclose(shown, np.hstack([np.sin(t * omega), np.cos(t * omega)]), atol=1e-6)
+
+
+def test_the_training_figure_draws_the_logged_losses(tmp_path, drawn):
+    """Left: the raw losses at their steps and a bias-corrected EMA of them (computed here);
+    right: one curve per logged quartile of t, through exactly its records."""
+    records = [
+        {"step": s, "loss": 1 / s, "loss_t_q1": 2 / s, "loss_t_q4": 0.5} for s in range(1, 9)
+    ]
+    records[3].pop("loss_t_q1")
+    plots.plot_training_curves(records, tmp_path / "t.png")
+    left, right = drawn[0].axes[:2]
+    raw, smooth = left.get_lines()[:2]
+    np.testing.assert_allclose(raw.get_xdata(), range(1, 9))
+    np.testing.assert_allclose(raw.get_ydata(), [1 / s for s in range(1, 9)])
+    ema, expected = 0.0, []
+    for i, s in enumerate(range(1, 9)):
+        ema = 0.9 * ema + 0.1 / s
+        expected.append(ema / (1 - 0.9 ** (i + 1)))
+    np.testing.assert_allclose(smooth.get_ydata(), expected)
+    assert left.get_yscale() == "log"
+    q1, q4 = right.get_lines()
+    np.testing.assert_allclose(q1.get_xdata(), [1, 2, 3, 5, 6, 7, 8])
+    np.testing.assert_allclose(q4.get_ydata(), [0.5] * 8)
+    assert q1.get_label() == "t in 0–25% of T" and q4.get_label() == "t in 75–100% of T"
