@@ -33,11 +33,13 @@ def _optional_name(value: Any, what: str) -> None:
 class DataConfig:
     """Where the images come from and how they are shaped; every field is JSON-friendly.
 
-    ``source`` is ``"digits"`` (scikit-learn's 8×8 digits), a path to an image folder, a ``.npz``
-    file or an extracted CIFAR-10/100 folder (``PATH:test`` picks its test split), or
-    ``hf:NAME[:SPLIT]`` for a Hugging Face data set (a Hub name or a local data set folder); a
-    folder literally named ``digits`` must be given as ``./digits``. ``split`` picks the split
-    of ``hf:`` and CIFAR sources when the source names none (default ``"train"``); ``hf_config``
+    ``source`` is ``"digits"`` (scikit-learn's 8×8 digits), ``"fashion-mnist"`` (Debian's
+    ``dataset-fashion-mnist`` package, read from its idx files), a path to an image folder, a
+    ``.npz`` file, an extracted CIFAR-10/100 folder or a folder (or images file) of MNIST-family
+    idx files (``PATH:test`` picks the test split), or ``hf:NAME[:SPLIT]`` for a Hugging Face
+    data set (a Hub name or a local data set folder); a folder literally named ``digits`` or
+    ``fashion-mnist`` must be given as ``./digits``. ``split`` picks the split of ``hf:``, CIFAR
+    and idx sources when the source names none (default ``"train"``); ``hf_config``
     is the Hub data set's configuration name; ``image_column`` and ``label_column`` name the
     columns of an ``hf:`` data set (unset: the ``Image`` and the ``ClassLabel`` feature);
     ``streaming`` reads an ``hf:`` data set row by row as it is decoded instead of loading it
@@ -76,8 +78,8 @@ class DataConfig:
         """Raise :class:`ConfigError` on a value of the wrong type or out of range."""
         if not isinstance(self.source, str) or not self.source.strip() or "\x00" in self.source:
             raise ConfigError(
-                "data source must be 'digits', an image folder, a .npz path, a CIFAR folder or "
-                f"hf:NAME, got {self.source!r}"
+                "data source must be 'digits', 'fashion-mnist', an image folder, a .npz path, a "
+                f"CIFAR or idx folder or hf:NAME, got {self.source!r}"
             )
         if self.source.startswith(HF_PREFIX) and not self.source[len(HF_PREFIX) :].split(":")[0]:
             raise ConfigError(f"data source {self.source!r} names no data set: write hf:NAME")

@@ -1,5 +1,6 @@
 """Image data sets: scikit-learn's digits, an image folder, a ``.npz`` array, CIFAR-10/100 as
-distributed, or a Hugging Face data set (``hf:NAME[:SPLIT]``).
+distributed, MNIST-family idx files (``fashion-mnist`` built in), or a Hugging Face data set
+(``hf:NAME[:SPLIT]``).
 
 Every source opens as a :class:`~ddpmkit.data.decoded.DecodedSource` that decodes part by part
 (:func:`open_source`); :func:`load_dataset` gathers the parts into one uint8 tensor
@@ -8,7 +9,8 @@ them, so a source larger than memory is never held whole. Either way the result 
 ``ImageDataset`` (``images_uint8``, with the class labels of sources that have them:
 ``labels``, ``class_names``); items come out as float32 ``(C, H, W)`` in [-1, 1]
 (``x / 127.5 - 1``). :func:`to_uint8` is the exact inverse on the 256 levels. One module per
-source (:mod:`.digits`, :mod:`.folder`, :mod:`.npz`, :mod:`.cifar`, :mod:`.hf`); decoding and
+source (:mod:`.digits`, :mod:`.folder`, :mod:`.npz`, :mod:`.cifar`, :mod:`.idx` for MNIST-family
+idx files and the built-in ``fashion-mnist``, :mod:`.hf`); decoding and
 resampling are shared (:mod:`.imaging`); the order of training batches and where they are read
 from is :mod:`.loader`. It may import the config, errors and file I/O; never the diffusion,
 the samplers or the network.
@@ -57,9 +59,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ddpmkit.data import idx as _idx
 from ddpmkit.data.cache import DataCache
 from ddpmkit.data.cifar import FOLDER_NAMES as _CIFAR_FOLDERS
-from ddpmkit.data.cifar import SPLITS as _CIFAR_SPLITS
 from ddpmkit.data.cifar import detect as _detect_cifar
 from ddpmkit.data.cifar import load_cifar as _load_cifar
 from ddpmkit.data.dataset import (
@@ -100,7 +102,11 @@ __all__ = [
     "to_uint8",
 ]
 
-_SOURCES = "'digits', an image folder, or a .npz file (or a CIFAR folder, or hf:NAME)"
+_SOURCES = (
+    "'digits', 'fashion-mnist', an image folder, or a .npz file (or a CIFAR or idx folder, "
+    "or hf:NAME)"
+)
+_SPLITS = ("train", "test")
 
 
 def _stat_fingerprint(paths: list[Path]) -> dict[str, Any]:
@@ -142,13 +148,21 @@ def open_source(cfg: DataConfig, *, progress: bool = True) -> DecodedSource:
     source, split = cfg.source, cfg.split
     path = Path(source).expanduser()
     head, sep, suffix = source.rpartition(":")
-    if sep and suffix in _CIFAR_SPLITS and not path.exists() and Path(head).expanduser().is_dir():
+    builtin = (head if sep and suffix in _SPLITS else source) == _idx.FASHION_MNIST
+    if sep and suffix in _SPLITS and not path.exists() and (builtin or _exists(head)):
         if split is not None and split != suffix:
             raise DataError(
                 f"data source '{source}' names split '{suffix}' but data.split is '{split}': "
                 "give one of them"
             )
         path, split = Path(head).expanduser(), suffix
+    if builtin:
+        folder = _idx.fashion_mnist_folder(source)
+        images = _idx.find_idx(folder) or []
+        files = _idx.choose_files(
+            images, split or "train", source=source, names=_idx.FASHION_MNIST_CLASSES
+        )
+        return _open_idx(files, cfg, source, settings, progress)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -157,6 +171,10 @@ def open_source(cfg: DataConfig, *, progress: bool = True) -> DecodedSource:
         raise DataError(f"data source '{source}' not found: give {_SOURCES}") from None
     except OSError as e:  # a symlink loop, a name too long, no permission...
         raise DataError(f"cannot access data source '{source}': {e.strerror or e}") from None
+    if stat.S_ISDIR(mode) and _idx.find_idx(path) is not None:
+        return _open_idx(_idx.files_of(path, split, source=source), cfg, source, settings, progress)
+    if stat.S_ISREG(mode) and _idx.is_images_file(path):
+        return _open_idx(_idx.files_of(path, split, source=source), cfg, source, settings, progress)
     if stat.S_ISDIR(mode):
         fmt = _detect_cifar(path)
         if fmt is not None:
@@ -191,6 +209,29 @@ def open_source(cfg: DataConfig, *, progress: bool = True) -> DecodedSource:
         return _open_npz(path, cfg, source=source, progress=progress)
     what = "a file but not a .npz archive" if stat.S_ISREG(mode) else "not a file or a folder"
     raise DataError(f"data source '{source}' is {what}: give {_SOURCES}")
+
+
+def _exists(path: str) -> bool:
+    """Whether ``path`` (a source with its ``:train``/``:test`` removed) has splits: a folder
+    (CIFAR, idx) or an idx images file."""
+    found = Path(path).expanduser()
+    return found.is_dir() or (found.is_file() and _idx.is_images_file(found))
+
+
+def _open_idx(
+    files: _idx.IdxFiles, cfg: DataConfig, source: str, settings: dict, progress: bool
+) -> DecodedSource:
+    paths = [files.images, *([files.labels] if files.labels else [])]
+    return from_loader(
+        lambda: _idx.load_idx(files, cfg, source=source, progress=progress),
+        source=source,
+        location=str(files.images.resolve()),
+        kind=files.kind,
+        channels=cfg.channels,
+        image_size=cfg.image_size,
+        fingerprint=_stat_fingerprint(paths),
+        settings={**settings, "split": files.split, "idx": 1},
+    )
 
 
 def uses_cache(cfg: DataConfig, decoded: DecodedSource) -> bool:
