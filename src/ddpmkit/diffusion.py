@@ -25,8 +25,9 @@ from ddpmkit.config.diffusion import (  # noqa: F401 (re-exported)
 )
 from ddpmkit.errors import ConfigError
 from ddpmkit.likelihood import discretized_gaussian_log_likelihood, normal_kl
+from ddpmkit.loss_weights import loss_weights
 from ddpmkit.precision import autocast_disabled
-from ddpmkit.schedules import Schedule, ScheduleTables, make_schedule
+from ddpmkit.schedules import Schedule, ScheduleTables, make_schedule, shifted_schedule
 from ddpmkit.seeding import PerSampleGenerator
 from ddpmkit.timesteps import uniform_timesteps
 
@@ -185,6 +186,7 @@ class GaussianDiffusion:
         variance: str = "fixed_small",
         loss: str = "l2",
         vb_weight: float = 0.001,
+        loss_weights: torch.Tensor | None = None,
     ) -> None:
         _check_choice("prediction", prediction, PREDICTIONS)
         _check_choice("variance", variance, VARIANCES)
@@ -196,13 +198,18 @@ class GaussianDiffusion:
         if loss == "hybrid" and variance not in LEARNED_VARIANCES:
             raise ConfigError("loss='hybrid' trains the variance: use variance='learned_range'")
         self.vb_weight = vb_weight
+        self.loss_weights = loss_weights  # (T,) float64 weights of the simple loss, or None
         self.tables = ScheduleTables(schedule)
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> GaussianDiffusion:
         config.validate()
         schedule = make_schedule(config.schedule, config.num_steps)
-        return cls(schedule, config.prediction, config.variance, config.loss, config.vb_weight)
+        schedule = shifted_schedule(schedule, config.schedule_shift)
+        weights = loss_weights(schedule.alphas_cumprod, config.prediction, config)
+        return cls(
+            schedule, config.prediction, config.variance, config.loss, config.vb_weight, weights
+        )
 
     @property
     def num_steps(self) -> int:
@@ -468,6 +475,9 @@ class GaussianDiffusion:
           reference implementation's per-term loss for λ = 0.001).
         - ``kl``: T·L_t in bits/dim, an unbiased estimate of L_vlb − L_T per dimension.
 
+        ``loss_weights`` (from ``diffusion.loss_weight``: min-SNR-γ, P2) multiply the simple
+        loss per t, before the hybrid's VLB term is added.
+
         ``weights`` (e.g. importance weights 1/(T p_t)) multiply the per-example values in the
         mean, so that a non-uniform t keeps the estimate unbiased.
 
@@ -500,6 +510,9 @@ class GaussianDiffusion:
             else:
                 target = self.training_target(x0, noise, t)
                 per_example = self.elementwise_loss(prediction, target).flatten(1).mean(dim=1)
+                if self.loss_weights is not None:  # min-SNR-γ, P2 (ddpmkit.loss_weights)
+                    table = self.loss_weights.to(device=t.device, dtype=dtype)
+                    per_example = per_example * table[t]
                 if self.loss == "hybrid":
                     step = self.reverse_step(output, x_t, t, detach_mean=True)
                     vb = self.vb_terms(step, x0, x_t, t) / (dims * math.log(2))

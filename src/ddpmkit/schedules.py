@@ -203,6 +203,23 @@ def make_schedule(name: str, num_steps: int) -> Schedule:
     return Schedule(name=name, betas=_BETA_FUNCTIONS[name](num_steps))
 
 
+def shifted_schedule(schedule: Schedule, shift: float) -> Schedule:
+    """The schedule whose SNR is ``shift``² times ``schedule``'s at every t (Hoogeboom et al.
+    2023, "simple diffusion", §3.1: log SNR shifted by 2 log s; s = 64/d moves a schedule made
+    for 64×64 images to d×d): ᾱ'_t = s²ᾱ_t/(1 − ᾱ_t + s²ᾱ_t), β'_t = 1 − ᾱ'_t/ᾱ'_{t−1} clipped
+    at 0.999. ``shift`` 1 returns ``schedule`` itself."""
+    if shift == 1:
+        return schedule
+    if not shift > 0:
+        raise ConfigError(f"the schedule shift must be > 0, got {shift}")
+    c = shift * shift
+    alpha_bar = schedule.alphas_cumprod
+    moved = c * alpha_bar / (1 - alpha_bar + c * alpha_bar)
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), moved[:-1]])
+    betas = torch.clamp(1 - moved / previous, max=_MAX_BETA)
+    return Schedule(name=f"{schedule.name}-shift{shift:g}", betas=betas)
+
+
 # ---------------------------------------------------------------------- continuous time
 def _log_alpha_bar_continuous(name: str, tau: torch.Tensor) -> torch.Tensor:
     """log ᾱ(τ) = −∫₀^τ β(u) du for the continuous limit of each schedule (β(u) = T·β_t at

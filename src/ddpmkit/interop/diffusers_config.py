@@ -33,7 +33,7 @@ from typing import Any
 from ddpmkit.diffusion import LEARNED_VARIANCES, DiffusionConfig
 from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.nn.unet import UNetConfig
-from ddpmkit.schedules import SCHEDULE_NAMES, _scaled_beta_range, make_schedule
+from ddpmkit.schedules import SCHEDULE_NAMES, _scaled_beta_range, make_schedule, shifted_schedule
 
 DIFFUSERS_VERSION = "0.30.0"
 """Written as ``_diffusers_version``: the oldest release whose UNet2DModel reads every key we
@@ -416,8 +416,9 @@ def scheduler_to_diffusers(diffusion: DiffusionConfig, clip_x0: bool) -> dict[st
     steps = diffusion.num_steps
     start, end = _scaled_beta_range(steps)
     trained = None
-    if diffusion.schedule == "sigmoid":
-        trained = make_schedule("sigmoid", steps).betas.tolist()
+    if diffusion.schedule == "sigmoid" or diffusion.schedule_shift != 1:  # no diffusers name
+        schedule = make_schedule(diffusion.schedule, steps)
+        trained = shifted_schedule(schedule, diffusion.schedule_shift).betas.tolist()
     return {
         "_class_name": SCHEDULER_CLASS,
         "_diffusers_version": DIFFUSERS_VERSION,
