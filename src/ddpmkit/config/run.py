@@ -38,6 +38,10 @@ _INT_LIMIT = 2**63 - 1  # integers must fit in int64 (torch, numpy and JSON read
 _SHOW_CHARS = 60
 
 
+EMA_KINDS = ("exponential", "power")
+MAX_EMA_STD = 0.28  # σ_rel of a power profile peaks near 0.3 (at γ ≈ −0.5)
+
+
 @dataclass
 class TrainConfig:
     """The optimisation loop (Ho et al. 2020, Appendix B, for the paper's values)."""
@@ -55,6 +59,8 @@ class TrainConfig:
     timestep_sampler: str = "uniform"  # or "loss_second_moment" (importance sampling of t)
     ema_decay: float = 0.995
     ema_warmup: bool = True  # decay_k = min(decay, (1 + k)/(10 + k)) so early averages forget fast
+    ema: str = "exponential"  # or "power": Karras et al. (2024)'s power-function profile
+    ema_std: float = 0.1  # power EMA: the profile's relative standard deviation σ_rel
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
     amp: bool = True  # mixed precision: see amp_dtype
@@ -116,6 +122,15 @@ class TrainConfig:
             )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.ema not in EMA_KINDS:
+            raise ConfigError(
+                f"unknown train.ema '{_clean(self.ema)}': choose one of {', '.join(EMA_KINDS)}"
+            )
+        if not 0 < self.ema_std <= MAX_EMA_STD:
+            raise ConfigError(
+                f"train.ema_std must lie in (0, {MAX_EMA_STD}] (the power profile's relative "
+                f"width), got {self.ema_std}"
+            )
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must lie in [0, 1)")

@@ -1,8 +1,13 @@
-"""The exponential moving average of the weights that sampling uses."""
+"""The moving average of the weights that sampling uses: exponential, or the power-function
+profile of Karras et al. (2024, "Analyzing and Improving the Training Dynamics of Diffusion
+Models", §3.1)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from ddpmkit.config import TrainConfig
 
 
 def ema_decay(step: int, decay: float, warmup: bool) -> float:
@@ -10,6 +15,29 @@ def ema_decay(step: int, decay: float, warmup: bool) -> float:
     if not warmup:
         return decay
     return min(decay, (1 + step) / (10 + step))
+
+
+def power_ema_exponent(std: float) -> float:
+    """γ of the power profile whose relative standard deviation is ``std``: the largest real
+    root of σ_rel² = (γ + 1)/((γ + 2)²(γ + 3)) (Karras et al. 2024, eq. 3), i.e. of
+    σ²γ³ + 7σ²γ² + (16σ² − 1)γ + 12σ² − 1 = 0."""
+    v = std * std
+    roots = np.roots([v, 7 * v, 16 * v - 1, 12 * v - 1])
+    return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
+
+
+def power_ema_decay(step: int, exponent: float) -> float:
+    """β at optimizer step ``step`` (0-based) of the power EMA: (1 − 1/t)^(γ+1), t = step + 1,
+    so the average of t steps weights step i by i^(γ+1) − (i−1)^(γ+1) ∝ i^γ."""
+    t = step + 1
+    return (1.0 - 1.0 / t) ** (exponent + 1.0)
+
+
+def decay_at(step: int, config: TrainConfig) -> float:
+    """The EMA decay of ``config`` (``train.ema``) at optimizer step ``step``."""
+    if config.ema == "power":
+        return power_ema_decay(step, power_ema_exponent(config.ema_std))
+    return ema_decay(step, config.ema_decay, config.ema_warmup)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from ddpmkit.interrupts import EXIT_CODES, StopRequests, signal_name
 from ddpmkit.rundir import CLASSES_FILE, RunDir
 from ddpmkit.trackers import check_installed, make_tracker
 from ddpmkit.train.batches import TrainingBatches
-from ddpmkit.train.ema import ema_decay, update_ema
+from ddpmkit.train.ema import decay_at, update_ema
 from ddpmkit.train.log import TrainingLog
 from ddpmkit.train.lr import learning_rate
 from ddpmkit.train.precision import training_precision
@@ -234,7 +234,7 @@ class Trainer:
                 return False
         else:
             state.optimizer.step()
-        update_ema(state.ema, state.model, ema_decay(state.step, tc.ema_decay, tc.ema_warmup))
+        update_ema(state.ema, state.model, decay_at(state.step, tc))
         if state.timestep_sampler is not None:  # every process's (t, loss): all ranks agree
             state.timestep_sampler.update(self.processes.gather(t), self.processes.gather(losses))
         state.updated()
