@@ -203,7 +203,13 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> GaussianDiffusion:
+        """The process of ``config``: this class, or :class:`ddpmkit.edm.EDMDiffusion` for
+        ``process=edm``."""
         config.validate()
+        if config.process == "edm":
+            from ddpmkit.edm import EDMDiffusion  # a subclass: imports this module
+
+            return EDMDiffusion(config)
         schedule = make_schedule(config.schedule, config.num_steps)
         schedule = shifted_schedule(schedule, config.schedule_shift)
         weights = loss_weights(schedule.alphas_cumprod, config.prediction, config)
@@ -321,6 +327,18 @@ class GaussianDiffusion:
             eps = self.eps_from_v(x_t, t, output)
         return Prediction(eps=eps, x0=x0)
 
+    def model_input(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the network is called with at (x_t, t): (x_t, t) itself (EDM scales both)."""
+        return x_t, t
+
+    def loss_prediction(self, raw: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """The network's prediction in the space of :meth:`training_target`: its raw output."""
+        return raw
+
+    def training_sampler(self):
+        """The distribution of t that defines the training objective: None, uniform."""
+        return None
+
     def read_output(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
         """A raw network output read through the parameterisation (ε, x_0 or v), with its
         variance output."""
@@ -409,18 +427,22 @@ class GaussianDiffusion:
         calls per batch). ``x0`` must hold 8-bit data scaled to [−1, 1] for the decoder term.
         ``model`` is a network (its raw output is read by this diffusion) or a Denoiser (its
         :class:`Prediction`; e.g. a class-conditional network at given labels)."""
+        from ddpmkit.sampling.denoiser import Denoiser  # the sampling package imports this one
+
         batch, dims = x0.shape[0], x0[0].numel()
         to_bits = 1.0 / (dims * math.log(2))
         terms = torch.zeros(batch, self.num_steps, dtype=torch.float64, device=x0.device)
+        network = not isinstance(model, Denoiser)
         for i in tqdm(
             range(self.num_steps - 1, -1, -1), desc="bound", disable=not progress, leave=False
         ):
             t = torch.full((batch,), i, dtype=torch.long, device=x0.device)
             noise = normal_like(x0.shape, generator, x0)
             x_t = self.q_sample(x0, t, noise)
-            output = model(x_t, t)
-            if isinstance(output, torch.Tensor):
-                output = self.read_output(output, x_t, t)
+            if network:
+                output = self.read_output(model(*self.model_input(x_t, t)), x_t, t)
+            else:
+                output = model(x_t, t)
             step = self.reverse_from(output, x_t, t, clip_x0=clip_x0)
             terms[:, i] = self.vb_terms(step, x0, x_t, t).double() * to_bits
         prior = self.prior_kl(x0).double() * to_bits
@@ -493,7 +515,7 @@ class GaussianDiffusion:
         if noise is None:
             noise = normal_like(x0.shape, generator, x0)
         x_t = self.q_sample(x0, t, noise)
-        output = model(x_t, t)
+        output = model(*self.model_input(x_t, t))
         # Everything after the network runs in (at least) float32 with autocast off: under bf16
         # autocast the targets, the elementwise loss and the VLB terms would otherwise inherit
         # bf16 rounding (8-bit mantissa) from the output or from autocast's op lists.
@@ -501,7 +523,8 @@ class GaussianDiffusion:
         with autocast_disabled(x0.device):
             x0, noise, x_t = x0.to(dtype), noise.to(dtype), x_t.to(dtype)
             output = output.to(dtype)
-            prediction, _ = self.split_output(output, x_t)
+            raw, _ = self.split_output(output, x_t)
+            prediction = self.loss_prediction(raw, x_t, t)
             dims = x0[0].numel()
             if self.loss == "kl":
                 step = self.reverse_step(output, x_t, t)

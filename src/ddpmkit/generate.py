@@ -53,6 +53,7 @@ class SampleRequest:
     sampler: str | Sampler = "ddpm"  # a name of ddpmkit.sampling.SAMPLERS, or any Sampler
     steps: int | None = None
     eta: float = 0.0
+    churn: float = 0.0  # heun's S_churn (Karras et al. 2022, Algorithm 2); 0: deterministic
     clip_x0: bool = True
     seed: int = 0  # >= 0
     batch_size: int = 256
@@ -75,7 +76,7 @@ def generate(
     diffusion: GaussianDiffusion,
     image_shape: tuple[int, int, int],
     request: SampleRequest,
-    device: torch.device,
+    device: torch.device | str,
     progress: bool = True,
     distributed: bool = False,
 ) -> SampleResult:
@@ -88,15 +89,17 @@ def generate(
     ``distributed``: every process of the initialised process group calls this; process r draws
     the r-th contiguous block of the images and all of them receive all images in order — the
     same images as one process draws (on the same device kind)."""
+    device = torch.device(device)
     if request.n < 1 or request.batch_size < 1:
         raise ConfigError("the number of samples and the batch size must be >= 1")
     if request.seed < 0:
         raise ConfigError(f"the seed must be >= 0, got {request.seed}")
     # check the request before any work or progress bar
     sampler = get_sampler(request.sampler)
-    sampler.check(eta=request.eta)
+    options = {"eta": request.eta, "churn": request.churn}
+    sampler.check(**options)
     grid = make_grid(sampler, diffusion.schedule, request.steps)
-    options = {"eta": request.eta} if request.eta else {}
+    options = {name: value for name, value in options.items() if value}
     labels = None
     if request.labels is not None:
         labels = torch.as_tensor(list(request.labels), dtype=torch.long)
@@ -202,6 +205,7 @@ def sample_run(
     sampler: str = "ddpm",
     steps: int | None = None,
     eta: float = 0.0,
+    churn: float = 0.0,
     clip_x0: bool = True,
     seed: int = 0,
     batch_size: int = 256,
@@ -236,6 +240,7 @@ def sample_run(
         sampler=sampler,
         steps=steps,
         eta=eta,
+        churn=churn,
         clip_x0=clip_x0,
         seed=seed,
         batch_size=batch_size,

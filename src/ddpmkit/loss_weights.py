@@ -47,6 +47,13 @@ def p2_weights(snr: torch.Tensor, prediction: str, gamma: float, k: float) -> to
     return snr / (k + snr) ** gamma / target_factor(snr, prediction)
 
 
+def edm_weights(snr: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM's λ(σ) = (σ² + σ_data²)/(σ σ_data)² of the x₀ error (Karras et al. 2022, Table 1), with
+    σ² = 1/SNR: (1 + σ_data² SNR)/σ_data². With the preconditioning it gives the network's own
+    output an effective weight of 1 at every σ (their eq. 8)."""
+    return (1 + sigma_data**2 * snr) / sigma_data**2
+
+
 WEIGHTINGS = {
     "min_snr": lambda snr, prediction, cfg: min_snr_weights(snr, prediction, cfg.min_snr_gamma),
     "p2": lambda snr, prediction, cfg: p2_weights(snr, prediction, cfg.p2_gamma, cfg.p2_k),

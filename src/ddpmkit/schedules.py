@@ -220,6 +220,24 @@ def shifted_schedule(schedule: Schedule, shift: float) -> Schedule:
     return Schedule(name=f"{schedule.name}-shift{shift:g}", betas=betas)
 
 
+def edm_sigmas(num_steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """σ_t of the EDM process's table: geometric from σ_min (t = 0) to σ_max (t = T − 1), float64.
+    Uniform in ln σ, so EDM's log-normal σ is a normal density over t."""
+    return torch.exp(
+        torch.linspace(math.log(sigma_min), math.log(sigma_max), num_steps, dtype=torch.float64)
+    )
+
+
+def edm_schedule(num_steps: int, sigma_min: float, sigma_max: float) -> Schedule:
+    """The variance-preserving image of EDM's σ table (Karras et al. 2022, §2 and Table 1: x_t =
+    s(t)(y + σ n) with s = 1/√(1 + σ²)): ᾱ_t = 1/(1 + σ_t²), so SNR_t = 1/σ_t² and
+    x_t^VP = √ᾱ_t (y + σ_t n) = √ᾱ_t y + √(1 − ᾱ_t) n."""
+    sigmas = edm_sigmas(num_steps, sigma_min, sigma_max)
+    alpha_bar = 1.0 / (1.0 + sigmas**2)
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+    return Schedule(name="edm", betas=1 - alpha_bar / previous)
+
+
 # ---------------------------------------------------------------------- continuous time
 def _log_alpha_bar_continuous(name: str, tau: torch.Tensor) -> torch.Tensor:
     """log ᾱ(τ) = −∫₀^τ β(u) du for the continuous limit of each schedule (β(u) = T·β_t at

@@ -83,6 +83,29 @@ class LossSecondMomentSampler(UniformSampler):
         self.counts.copy_(tensors["counts"])
 
 
+class LogNormalSigmaSampler(UniformSampler):
+    """EDM's training distribution of σ (Karras et al. 2022, §5: ln σ ~ N(P_mean, P_std²)) over
+    the process's table of σ_t: p_t ∝ exp(−(ln σ_t − P_mean)²/(2 P_std²)). The table is uniform in
+    ln σ (:func:`~ddpmkit.schedules.edm_sigmas`), so this is the log-normal density at T points,
+    truncated to [σ_min, σ_max]. It defines the objective rather than estimating another one,
+    so every weight is 1."""
+
+    def __init__(self, sigmas: torch.Tensor, p_mean: float, p_std: float) -> None:
+        super().__init__(len(sigmas))
+        log_density = -((torch.log(sigmas.double()) - p_mean) ** 2) / (2 * p_std**2)
+        density = torch.exp(log_density - log_density.max())
+        self.p = density / density.sum()
+
+    def probabilities(self) -> torch.Tensor:
+        return self.p
+
+    def sample(
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t, _ = super().sample(batch, device, generator)
+        return t, torch.ones(batch, device=device, dtype=torch.float32)
+
+
 def make_timestep_sampler(name: str, num_steps: int) -> UniformSampler:
     if name == "uniform":
         return UniformSampler(num_steps)

@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument(
         "--eta", type=nonnegative_float, default=0.0, help="DDIM noise: 0 deterministic, 1 ~ DDPM"
     )
+    samp.add_argument(
+        "--churn",
+        type=nonnegative_float,
+        default=0.0,
+        help="heun: S_churn of Karras et al. (2022), noise added back at each step (default 0)",
+    )
     samp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     samp.add_argument("--batch", type=int, default=256, help="images per batch (default 256)")
     samp.add_argument("--out", metavar="GRID.png", help="grid path (default RUN_DIR/samples/...)")
@@ -259,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--features",
-        choices=["digits", "inception"],
-        help="feature extractor (default digits for the built-in digits, else inception)",
+        choices=["digits", "fashion-mnist", "inception"],
+        help="feature extractor (default digits for the built-in digits, fashion-mnist for "
+        "fashion-mnist runs, which are judged against its 10,000 test images, else inception)",
     )
     ev.add_argument(
         "--feature-weights",
@@ -291,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--classifier",
-        metavar="digits|FILE.pt2",
-        help="judge the class of conditional samples: digits (default for digits runs) or a "
-        "torch.export program mapping [-1, 1] images to logits",
+        metavar="digits|fashion-mnist|FILE.pt2",
+        help="judge the class of conditional samples: digits or fashion-mnist (the default for "
+        "runs on those data sets) or a torch.export program mapping [-1, 1] images to logits",
     )
     ev.add_argument("--out", metavar="FILE.json", help="JSON path (default RUN_DIR/eval.json)")
     ev.add_argument(
@@ -534,7 +541,7 @@ def _add_fid_parser(sub: argparse._SubParsersAction) -> None:
     fid.add_argument("b", metavar="B", help="reference images or statistics")
     fid.add_argument(
         "--features",
-        choices=["inception", "digits"],
+        choices=["inception", "digits", "fashion-mnist"],
         help="feature extractor (default inception)",
     )
     fid.add_argument(

@@ -16,6 +16,7 @@ def sample(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         eta=args.eta,
+        churn=args.churn,
         clip_x0=not args.no_clip,
         seed=args.seed,
         batch_size=args.batch,

@@ -13,6 +13,7 @@ VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
 LOSSES = ("l2", "l1", "huber", "hybrid", "kl")
 LEARNED_VARIANCES = ("learned", "learned_range")
 LOSS_WEIGHTS = ("none", "min_snr", "p2")
+PROCESSES = ("ddpm", "edm")
 
 
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
@@ -35,6 +36,12 @@ class DiffusionConfig:
     p2_gamma: float = 1.0  # γ of P2 (Choi et al. 2022)
     p2_k: float = 1.0  # k of P2
     schedule_shift: float = 1.0  # s: SNR_t → s²·SNR_t (Hoogeboom et al. 2023, §3.1)
+    process: str = "ddpm"  # or "edm": Karras et al. (2022)'s σ-parameterisation (ddpmkit.edm)
+    sigma_data: float = 0.5  # EDM: the data's standard deviation in the preconditioning
+    sigma_min: float = 0.002  # EDM: the σ range of the process's table
+    sigma_max: float = 80.0
+    edm_p_mean: float = -1.2  # EDM: ln σ ~ N(P_mean, P_std²) during training
+    edm_p_std: float = 1.2
 
     @property
     def learned_variance(self) -> bool:
@@ -61,7 +68,34 @@ class DiffusionConfig:
                 "diffusion.loss_weight weights the simple loss; loss=kl has none: use "
                 "loss=l2 (or hybrid)"
             )
+        _check_choice("process", self.process, PROCESSES)
+        if self.process == "edm":
+            self._check_edm()
         if self.loss == "hybrid" and not self.learned_variance:
             raise ConfigError(
                 "diffusion.loss=hybrid trains the variance: use variance=learned_range (or learned)"
             )
+
+    def _check_edm(self) -> None:
+        """process=edm brings its own σ table, parameterisation, loss weight and σ sampling."""
+        fixed = {
+            "schedule": "linear",
+            "prediction": "eps",
+            "loss": "l2",
+            "loss_weight": "none",
+            "schedule_shift": 1.0,
+        }
+        for key, default in fixed.items():
+            if getattr(self, key) != default:
+                raise ConfigError(
+                    f"diffusion.process=edm has its own σ table, preconditioning and loss "
+                    f"weight: drop diffusion.{key}"
+                )
+        if self.variance not in ("fixed_small", "fixed_large"):
+            raise ConfigError(
+                "diffusion.process=edm: the variance must be fixed_small or fixed_large"
+            )
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError("diffusion.sigma_min and sigma_max must satisfy 0 < min < max")
+        if not (self.sigma_data > 0 and self.edm_p_std > 0):
+            raise ConfigError("diffusion.sigma_data and edm_p_std must be > 0")

@@ -189,6 +189,11 @@ class RunConfig:
                 f"data.image_size {self.data.image_size} does not fit a U-Net with "
                 f"{len(self.model.channel_mults)} levels: it must be a multiple of {multiple}"
             )
+        if self.diffusion.process == "edm" and self.train.timestep_sampler != "uniform":
+            raise ConfigError(
+                "diffusion.process=edm draws σ from its log-normal: train.timestep_sampler "
+                "applies to ddpm runs only"
+            )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {

@@ -133,6 +133,13 @@ SCHEDULE_TO_DIFFUSERS = {
 _TRAINED_BETAS_RTOL = 1e-6  # trained_betas equal to one of our schedules up to float32 rounding
 
 
+EDM_EXPORT_REFUSAL = (
+    "cannot export an EDM run (diffusion.process=edm) to a DDPMPipeline: its network is called "
+    "through EDM's preconditioning (c_in x, ¼ ln σ), which no DDPMScheduler config expresses; "
+    "sample it with ddpmkit"
+)
+
+
 class InteropError(DdpmkitError):
     """A model, config or folder that the other library cannot represent or load exactly."""
 
@@ -411,6 +418,8 @@ def unet_from_diffusers(d: Mapping[str, Any]) -> Converted:
 def scheduler_to_diffusers(diffusion: DiffusionConfig, clip_x0: bool) -> dict[str, Any]:
     """``DDPMScheduler``'s scheduler_config.json for ``diffusion`` (and ``sample.clip_x0``)."""
     diffusion.validate()
+    if diffusion.process == "edm":
+        raise InteropError(EDM_EXPORT_REFUSAL)
     if diffusion.variance == "learned":
         raise VarianceInteropError(LEARNED_EXPORT_REFUSAL)
     steps = diffusion.num_steps

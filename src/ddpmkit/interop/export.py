@@ -86,8 +86,9 @@ def export_diffusers(
     out = Path(out)
     run = RunDir(run_dir).require()
     config = run.read_config()
-    unet_config = unet_to_diffusers(config.model, config.data.image_size)  # refusals first
+    # refusals first: the process (EDM, learned variance), then the network
     scheduler_config = scheduler_to_diffusers(config.diffusion, config.sample.clip_x0)
+    unet_config = unet_to_diffusers(config.model, config.data.image_size)
     _check_out(out)
     checkpoint = run.load_checkpoint(step, files=(weights,))
     model = UNet(config.model)

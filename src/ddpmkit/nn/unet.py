@@ -213,7 +213,7 @@ class UNet(nn.Module):
         emb = self.time_embed(features)
         if self.class_embed is not None:
             if y is None:
-                y = torch.full_like(t, self.config.num_classes)
+                y = torch.full(t.shape, self.config.num_classes, dtype=torch.long, device=t.device)
             if y.shape != t.shape:
                 raise ConfigError(
                     f"labels y must have shape {tuple(t.shape)}, got {tuple(y.shape)}"

@@ -98,7 +98,7 @@ SAMPLERS: dict[str, Sampler] = {
     "ddpm": Sampler("ddpm", ancestral, TimeGrid.spaced),
     "ddim": Sampler("ddim", ddim, TimeGrid.spaced, 50, options=("eta",)),
     "dpm++": Sampler("dpm++", dpm_solver_pp_2m, TimeGrid.log_snr, 20),
-    "heun": Sampler("heun", heun, TimeGrid.karras, 18, calls=_heun_calls),
+    "heun": Sampler("heun", heun, TimeGrid.karras, 18, calls=_heun_calls, options=("churn",)),
 }
 
 

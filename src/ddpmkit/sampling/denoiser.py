@@ -82,16 +82,22 @@ class ModelDenoiser(Denoiser):
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
         read = self.diffusion.read_output
+        x_in, t_in = self.diffusion.model_input(x_t, t)  # (x_t, t) itself but for EDM
         if self.labels is None:
-            return read(self.model(x_t, t), x_t, t)
+            return read(self.model(x_in, t_in), x_t, t)
         labels = self.labels.to(x_t.device)
         if self.guidance == 0:
-            return read(self.model(x_t, t, labels), x_t, t)
+            return read(self.model(x_in, t_in, labels), x_t, t)
         null = torch.full_like(labels, self.null_label)
         if self.max_batch is not None and 2 * len(x_t) > self.max_batch:
-            conditional, unconditional = self.model(x_t, t, labels), self.model(x_t, t, null)
+            conditional, unconditional = (
+                self.model(x_in, t_in, labels),
+                self.model(x_in, t_in, null),
+            )
         else:
-            output = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+            output = self.model(
+                torch.cat([x_in, x_in]), torch.cat([t_in, t_in]), torch.cat([labels, null])
+            )
             conditional, unconditional = output.chunk(2)
         return guide(read(conditional, x_t, t), read(unconditional, x_t, t), self.guidance)
 

@@ -66,7 +66,7 @@ def new_state(
             # one fused kernel for all parameters on CUDA; the CPU keeps the default
             fused=True if device.type == "cuda" else None,
         ),
-        timestep_sampler=None
+        timestep_sampler=diffusion.training_sampler()  # None: uniform; EDM: log-normal σ
         if tc.timestep_sampler == "uniform"
         else make_timestep_sampler(tc.timestep_sampler, diffusion.num_steps),
         seed=tc.seed,
