@@ -73,6 +73,15 @@ def tiny_config(npz: Path, *extra: str) -> RunConfig:
     return resolve_config(overrides=tiny_overrides(npz, *extra))
 
 
+def train_run(out: Path, overrides: list[str], data: str | None = None):
+    """Train as ``ddpm train --out OUT [--data DATA] OVERRIDES`` does, through the library entry
+    points its handler calls; returns the :class:`~ddpmkit.train.TrainResult`."""
+    from ddpmkit.train import Trainer, prepare_run
+
+    config, run_dir = prepare_run(None, list(overrides), data, out)
+    return Trainer(config, run_dir, progress=False).train()
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     text = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines()]

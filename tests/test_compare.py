@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_run
 from ddpmkit.cli import main
 from ddpmkit.compare import (
     LOSS_RECORDS,
@@ -51,14 +51,14 @@ def write_eval(run: Path, rows: list[dict], step: int = 3) -> None:
 
 @pytest.fixture(scope="module")
 def runs(shapes_npz, tmp_path_factory) -> dict[str, Path]:
-    """Three tiny runs of 3 steps trained through the command line, each with a final grid."""
+    """Three tiny runs of 3 steps trained as `ddpm train` does, each with a final grid."""
     root = tmp_path_factory.mktemp("compare")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for name, extra in RUNS.items():
             overrides = tiny_overrides(shapes_npz, "train.steps=3", "train.sample_every=3", *extra)
-            assert main(["train", "--out", str(root / name), "--no-progress", *overrides]) == 0
+            assert train_run(root / name, overrides).step == 3
     finally:
         torch.set_num_threads(threads)
     write_eval(root / "l2", [eval_row("ddpm", 50, 9.5), eval_row("ddim", 20, 12.25)])

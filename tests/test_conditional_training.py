@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, read_metrics
+from conftest import TINY, read_metrics, train_run
 from ddpmkit.cli import main
 from ddpmkit.config import resolve_config
+from ddpmkit.edit import edit_run
 from ddpmkit.errors import ConfigError, DataError
+from ddpmkit.generate import sample_run
 from ddpmkit.nn import UNet
 from ddpmkit.train import Trainer
 
@@ -84,24 +86,23 @@ def conditional_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        argv = ["train", "--out", str(run), "--no-progress", *DIGITS]
-        assert main([*argv, "train.conditional=true", "train.steps=4"]) == 0
+        train_run(run, [*DIGITS, "train.conditional=true", "train.steps=4"])
     finally:
         torch.set_num_threads(threads)
     return run
 
 
-def test_sample_classes_with_guidance(conditional_run, tmp_path, capsys):
-    npz = tmp_path / "s.npz"
-    argv = ["sample", str(conditional_run), "--class", "all", "--n", "2", "--sampler", "ddim"]
-    argv += ["--steps", "4", "--guidance", "3", "--npz", str(npz), "--out", str(tmp_path / "g.png")]
-    assert main(argv) == 0
-    assert "20 images" in capsys.readouterr().out
+def test_sample_classes_with_guidance(conditional_run, tmp_path):
+    npz, grid = tmp_path / "s.npz", tmp_path / "g.png"
+    options = {"npz": npz, "grid": grid, "progress": False}
+    done = sample_run(
+        conditional_run, classes="all", n=2, sampler="ddim", steps=4, guidance=3.0, **options
+    )
+    assert done.n == 20
     with np.load(npz) as data:
         assert data["arr_1"].tolist() == [k for k in range(10) for _ in range(2)]
         assert data["arr_0"].shape == (20, 8, 8, 1)
-    argv = ["sample", str(conditional_run), "--class", "7,3", "--n", "3", "--steps", "4"]
-    assert main([*argv, "--npz", str(npz), "--out", str(tmp_path / "g.png")]) == 0
+    sample_run(conditional_run, classes="7,3", n=3, steps=4, **options)
     with np.load(npz) as data:
         assert data["arr_1"].tolist() == [7, 7, 7, 3, 3, 3]
 
@@ -122,8 +123,7 @@ def test_class_mistakes_are_one_line(conditional_run, capsys, extra, message):
 
 def test_class_on_an_unconditional_run_is_one_clear_error(shapes_npz, tmp_path, capsys):
     run = tmp_path / "plain"
-    argv = ["train", "--data", str(shapes_npz), "--out", str(run), "--no-progress"]
-    assert main([*argv, *TINY, "train.steps=1"]) == 0
+    train_run(run, [*TINY, "train.steps=1"], data=str(shapes_npz))
     capsys.readouterr()
     assert main(["sample", str(run), "--class", "1", "--steps", "2"]) == 2
     assert "is not class-conditional" in capsys.readouterr().err
@@ -135,14 +135,20 @@ def test_inpaint_and_edit_steer_towards_a_class(conditional_run, tmp_path, capsy
     image = tmp_path / "x.png"
     Image.fromarray(np.full((8, 8), 200, np.uint8)).save(image)
     outputs = {}
-    for command, extra in (("inpaint", ["--steps", "4"]), ("edit", ["--strength", "0.5"])):
-        for classes in (["--class", "3", "--guidance", "2"], []):
+    commands = {  # what `ddpm inpaint --steps 4` and `ddpm edit --strength 0.5` ask edit_run for
+        "inpaint": {"method": "repaint", "steps": 4},
+        "edit": {"method": "sdedit", "strength": 0.5},
+    }
+    for command, extra in commands.items():
+        for classes in ({"classes": "3", "guidance": 2.0}, {}):
             npz = tmp_path / f"{command}{len(classes)}.npz"
-            argv = [command, str(conditional_run), "--image", str(image), *extra, *classes]
-            assert main([*argv, "--npz", str(npz), "--out", str(tmp_path / "g.png")]) == 0
+            grid = tmp_path / "g.png"
+            edit_run(
+                conditional_run, str(image), **extra, **classes, npz=npz, grid=grid, progress=False
+            )
             with np.load(npz) as data:
                 outputs[command, len(classes)] = data["arr_0"]
-        assert not np.array_equal(outputs[command, 4], outputs[command, 0])
+        assert not np.array_equal(outputs[command, 2], outputs[command, 0])
     capsys.readouterr()
     argv = ["edit", str(conditional_run), "--image", str(image), "--guidance", "1"]
     assert main(argv) == 2

@@ -225,15 +225,18 @@ def test_config_values(tmp_path):
         _load(f"hf:{tmp_path / 'file.parquet'}")
 
 
-def test_train_on_an_hf_source(tmp_path, hf, capsys):
+def test_train_on_an_hf_source(tmp_path, hf):
     """``ddpm train --data hf:...`` trains on it (a few steps of the tiny model)."""
-    from ddpmkit.cli import main
+    from ddpmkit.train import Trainer, prepare_run
 
     blobs, labels = _write_folder(tmp_path / "imgs")
     _hf_dataset(hf, blobs * 3, labels * 3).save_to_disk(str(tmp_path / "saved"))
-    args = ["train", "--data", f"hf:{tmp_path / 'saved'}", "--out", str(tmp_path / "run")]
+    overrides = [*TINY, "train.steps=2", "train.batch_size=4"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rc = main([*args, "--no-progress", *TINY, "train.steps=2", "train.batch_size=4"])
-    out = capsys.readouterr().out
-    assert rc == 0 and "18 images, 8x8 grayscale, 3 classes" in out
+        config, run = prepare_run(None, overrides, f"hf:{tmp_path / 'saved'}", tmp_path / "run")
+        trainer = Trainer(config, run, progress=False)
+        result = trainer.train()
+    # what `ddpm train` prints as its "data:" line
+    assert "18 images, 8x8 grayscale, 3 classes" in trainer.dataset_description
+    assert result.step == 2

@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, train_run
 from ddpmkit.cli import main
 from ddpmkit.errors import ConfigError
+from ddpmkit.evaluation.quality import run_eval
 from ddpmkit.metrics.classifier import class_accuracy, load_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,34 +23,32 @@ def conditional_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        argv = ["train", "--out", str(run), "--no-progress", *TINY, "data.source=digits"]
-        assert main([*argv, "data.image_size=8", "train.conditional=true", "train.steps=3"]) == 0
+        overrides = [*TINY, "data.source=digits", "data.image_size=8"]
+        train_run(run, [*overrides, "train.conditional=true", "train.steps=3"])
     finally:
         torch.set_num_threads(threads)
     return run
 
 
 @pytest.mark.slow
-def test_eval_scores_each_guidance_weight_with_class_accuracy(conditional_run, capsys):
-    argv = ["eval", str(conditional_run), "--n", "20", "--sampler", "ddim", "--steps", "3"]
-    assert main([*argv, "--guidance", "0,2", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "| guidance | accuracy |" in out
+def test_eval_scores_each_guidance_weight_with_class_accuracy(conditional_run):
+    options = {"n": 20, "samplers": ["ddim"], "steps": [3], "progress": False}
+    done = run_eval(conditional_run, guidance=[0.0, 2.0], **options)
+    assert "| guidance | accuracy |" in done.table
     report = json.loads((conditional_run / "eval.json").read_text())
     rows = report["results"]
     assert [r["guidance"] for r in rows] == [0.0, 2.0]
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["n"] == 20 for r in rows)
     assert (conditional_run / "guidance_tradeoff.png").is_file()
     # evaluating one weight again replaces its row and keeps the other
-    assert main([*argv, "--guidance", "2", "--no-progress"]) == 0
+    assert run_eval(conditional_run, guidance=[2.0], **options) is not None
     again = json.loads((conditional_run / "eval.json").read_text())["results"]
     assert [r["guidance"] for r in again] == [0.0, 2.0]
 
 
 def test_guidance_on_an_unconditional_run_is_one_line(shapes_npz, tmp_path, capsys):
     run = tmp_path / "plain"
-    argv = ["train", "--data", str(shapes_npz), "--out", str(run), "--no-progress"]
-    assert main([*argv, *TINY, "train.steps=1"]) == 0
+    train_run(run, [*TINY, "train.steps=1"], data=str(shapes_npz))
     capsys.readouterr()
     eval_argv = ["eval", str(run), "--n", "8", "--steps", "2", "--features", "digits"]
     assert main([*eval_argv, "--guidance", "1", "--no-progress"]) == 2

@@ -7,19 +7,28 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shapes_array, tiny_overrides
+from conftest import shapes_array, tiny_overrides, train_run
 from ddpmkit.cli import main
+from ddpmkit.evaluation.quality import run_eval
 from ddpmkit.metrics.inception import random_inception_state
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, shapes_npz) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["train", "--out", str(out), *tiny_overrides(shapes_npz, "train.steps=4")]) == 0
+    assert train_run(out, tiny_overrides(shapes_npz, "train.steps=4")).step == 4
     return out
 
 
-def run_eval(run: Path, cache: Path, *args: str) -> int:
+def evaluate_run(run: Path, cache: Path, **options):
+    """What `ddpm eval RUN --cache-dir CACHE --no-progress --features digits` asks the library
+    for, with ``options`` for the other flags."""
+    done = run_eval(run, cache_dir=cache, progress=False, features="digits", **options)
+    assert done is not None  # the only process scored and wrote
+    return done
+
+
+def eval_command(run: Path, cache: Path, *args: str) -> int:
     return main(
         [
             "eval",
@@ -36,21 +45,9 @@ def run_eval(run: Path, cache: Path, *args: str) -> int:
 
 def test_eval_writes_one_row_per_sampler_and_steps_and_merges_later_calls(tiny_run, tmp_path):
     out = tmp_path / "eval.json"
-    code = run_eval(
-        tiny_run,
-        tmp_path,
-        "--n",
-        "12",
-        "--batch",
-        "8",
-        "--sampler",
-        "ddim,dpm++",
-        "--steps",
-        "3,5",
-        "--out",
-        str(out),
+    evaluate_run(
+        tiny_run, tmp_path, n=12, batch_size=8, samplers=["ddim", "dpm++"], steps=[3, 5], out=out
     )
-    assert code == 0
     report = json.loads(out.read_text())
     assert report["features"] == "digits" and report["weights"] == "ema"
     assert report["reference"]["n"] == 256
@@ -64,21 +61,16 @@ def test_eval_writes_one_row_per_sampler_and_steps_and_merges_later_calls(tiny_r
     assert out.with_suffix(".md").read_text().count("\n") == 2 + 4
     assert (tmp_path / "quality_vs_nfe.png").stat().st_size > 0
 
-    assert (
-        run_eval(
-            tiny_run, tmp_path, "--n", "12", "--sampler", "heun", "--steps", "3", "--out", str(out)
-        )
-        == 0
-    )
+    evaluate_run(tiny_run, tmp_path, n=12, samplers=["heun"], steps=[3], out=out)
     rows = {(r["sampler"], r["steps"]): r for r in json.loads(out.read_text())["results"]}
     assert len(rows) == 5 and rows[("heun", 3)]["nfe"] == 5
 
 
 def test_eval_is_reproducible_and_uses_the_feature_cache(tiny_run, tmp_path):
-    args = ["--n", "10", "--sampler", "ddim", "--steps", "4"]
-    assert run_eval(tiny_run, tmp_path, *args, "--out", str(tmp_path / "a.json")) == 0
+    options = {"n": 10, "samplers": ["ddim"], "steps": [4]}
+    evaluate_run(tiny_run, tmp_path, **options, out=tmp_path / "a.json")
     assert len(list((tmp_path / "reference").iterdir())) == 1
-    assert run_eval(tiny_run, tmp_path, *args, "--out", str(tmp_path / "b.json")) == 0
+    evaluate_run(tiny_run, tmp_path, **options, out=tmp_path / "b.json")
     assert len(list((tmp_path / "reference").iterdir())) == 1
     a = json.loads((tmp_path / "a.json").read_text())["results"][0]
     b = json.loads((tmp_path / "b.json").read_text())["results"][0]
@@ -90,7 +82,7 @@ def test_the_data_itself_scores_a_perfect_fid(tiny_run, tmp_path):
     npz = tmp_path / "real.npz"
     np.savez(npz, arr_0=shapes_array())
     out = tmp_path / "eval.json"
-    assert run_eval(tiny_run, tmp_path, "--samples", str(npz), "--out", str(out)) == 0
+    evaluate_run(tiny_run, tmp_path, samples=npz, out=out)
     (row,) = json.loads(out.read_text())["results"]
     assert row["sampler"] == "npz" and row["n"] == 256
     assert row["fid"] == pytest.approx(0.0, abs=1e-6)
@@ -111,7 +103,7 @@ def test_the_data_itself_scores_a_perfect_fid(tiny_run, tmp_path):
 )
 def test_user_errors_are_one_line(tiny_run, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    assert run_eval(tiny_run, tmp_path, "--n", "4", *args) == 2
+    assert eval_command(tiny_run, tmp_path, "--n", "4", *args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err
 
@@ -128,7 +120,7 @@ def test_paper_preset_uses_inception_and_warns_below_50000(tiny_run, tmp_path, m
     for --samples smaller than 50,000 images. (The random-weight Inception run itself is
     tests/test_fid.py's end-to-end test; here the extractor and the scoring are stand-ins.)"""
     import ddpmkit.evaluate
-    from ddpmkit.evaluate import EvalReport, EvalRow, run_eval
+    from ddpmkit.evaluate import EvalReport, EvalRow
 
     chosen, warned, order = [], [], []
 
@@ -176,10 +168,10 @@ def _small_reference(data, extractor, cache_dir=None, progress=True, distributed
     return Reference(features, GaussianStats.of(features), data.source, False)
 
 
-def test_paper_preset_draws_50000_samples_unless_told(tiny_run, tmp_path, capsys, monkeypatch):
+def test_paper_preset_draws_50000_samples_unless_told(tiny_run, tmp_path, monkeypatch):
     import ddpmkit.evaluate
 
-    seen = []
+    seen, warned = [], []
 
     def fake_evaluate(run, request, *args, **kwargs):
         seen.append(request.n)
@@ -188,12 +180,11 @@ def test_paper_preset_draws_50000_samples_unless_told(tiny_run, tmp_path, capsys
     monkeypatch.setattr(ddpmkit.evaluate, "evaluate", fake_evaluate)
     monkeypatch.setattr(ddpmkit.evaluate, "reference_for", _tiny_reference)
     monkeypatch.setattr("ddpmkit.metrics.extractors.load_extractor", lambda *a, **k: None)
-    base = ["eval", str(tiny_run), "--preset", "paper", "--no-progress"]
-    for extra in ([], ["--n", "100"]):
+    for n in (None, 100):  # `ddpm eval RUN --preset paper [--n 100]`
         with pytest.raises(SystemExit):
-            main([*base, *extra])
+            run_eval(tiny_run, n=n, preset="paper", progress=False, warn=warned.append)
     assert seen == [50_000, 100]
-    err = capsys.readouterr().err
+    err = "\n".join(warned)  # what `ddpm eval` prints on stderr, one warning a line
     assert "--n has 100 images" in err and "--n has 50,000" not in err
 
 

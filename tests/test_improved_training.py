@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_run
 from ddpmkit.cli import main
 from ddpmkit.config import resolve_config
+from ddpmkit.evaluation.nll import run_nll
 from ddpmkit.rundir import RunDir
 from ddpmkit.train import Trainer
 
@@ -42,7 +43,7 @@ def test_nll_command_prints_and_writes_json(shapes_npz, tmp_path, capsys):
     args = tiny_overrides(
         shapes_npz, "variance=learned_range", "loss=hybrid", "train.steps=30", "train.lr=5e-3"
     )
-    assert main(["train", "--out", str(run), "--no-progress", *args]) == 0
+    train_run(run, args)
     capsys.readouterr()
     assert main(["nll", str(run), "--n", "40", "--batch", "16", "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -53,22 +54,8 @@ def test_nll_command_prints_and_writes_json(shapes_npz, tmp_path, capsys):
     assert report["bits_per_dim"] == pytest.approx(total, rel=1e-9)
     assert 0 < report["bits_per_dim"] < 100 and report["ci95"] > 0
     # the same seed gives the same number; the bad-input path is one clear line
-    assert (
-        main(
-            [
-                "nll",
-                str(run),
-                "--n",
-                "40",
-                "--batch",
-                "16",
-                "--no-progress",
-                "--out",
-                str(tmp_path / "again.json"),
-            ]
-        )
-        == 0
-    )
+    _, written = run_nll(run, n=40, batch_size=16, out=tmp_path / "again.json", progress=False)
+    assert written == tmp_path / "again.json"
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["bits_per_dim"] == report["bits_per_dim"]
     capsys.readouterr()
