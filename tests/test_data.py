@@ -77,7 +77,9 @@ def test_config_from_dict_rejects_unknown_keys():
 
 
 def test_missing_source_is_data_error(tmp_path):
-    with pytest.raises(DataError, match="not found: give 'digits', an image folder, or a .npz"):
+    with pytest.raises(
+        DataError, match="not found: give 'digits', 'fashion-mnist', an image folder, or a .npz"
+    ):
         _load(tmp_path / "nope")
     with pytest.raises(DataError, match="not found"):
         _load("digitz")

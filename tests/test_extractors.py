@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def digits16():
 
 
 def test_extractor_names():
-    assert EXTRACTORS == ("digits", "inception")
+    assert EXTRACTORS == ("digits", "fashion-mnist", "inception")
 
 
 def test_shipped_digits_weights_load(digits_ext):
@@ -179,7 +180,7 @@ def test_bad_images(digits_ext, images, message):
 
 
 def test_bad_names_and_options(digits_ext):
-    with pytest.raises(ConfigError, match="unknown feature extractor 'vgg'.*digits, inception"):
+    with pytest.raises(ConfigError, match="unknown feature extractor 'vgg'.*digits, fashion"):
         load_extractor("vgg")
     with pytest.raises(ConfigError, match="unknown device"):
         load_extractor("digits", device="toaster")
@@ -199,3 +200,76 @@ def test_imports_stay_light():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------------------------
+# fashion-mnist: the shipped weights
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def fashion_ext():
+    return load_extractor("fashion-mnist")
+
+
+def test_shipped_fashion_weights_load_with_their_record(fashion_ext):
+    """The weights carry what tools/train_fashion_classifier.py measured: the test accuracy on
+    the 10,000 test images (trained on the 60,000 others), and the real-vs-real floors."""
+    assert fashion_ext.name == "fashion-mnist" and fashion_ext.dims == 128
+    assert HEX16.match(fashion_ext.fingerprint)
+    assert fashion_ext.fingerprint != load_extractor("digits").fingerprint
+    meta = fashion_ext.metadata
+    assert int(meta["n_train"]) == 60_000 and int(meta["n_test"]) == 10_000
+    assert fashion_ext.held_out_accuracy == float(meta["test_accuracy"]) >= 0.90
+    assert int(meta["test_correct"]) == round(10_000 * fashion_ext.held_out_accuracy)
+    for key in ("fd_train10k_vs_test", "fd_test_halves"):
+        assert 0 <= float(meta[key]) < 1  # two real samples are close in these features
+    assert sum(p.numel() for p in fashion_ext.model.parameters()) == int(meta["parameters"])
+
+
+def test_fashion_features_of_28x28_images(fashion_ext):
+    """Features of 28×28 images; another size is resized to 28×28 first, so the same picture at
+    56×56 lands near its 28×28 self. Measured on six blocky random pictures: relative distance
+    0.11–0.18 to itself (antialiased bilinear smears the block edges), 0.54–0.85 between
+    different pictures."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 256, (6, 1, 7, 7), generator=g, dtype=torch.uint8)
+    images = coarse.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    feats = fashion_ext(images)
+    assert feats.shape == (6, 128) and feats.dtype == torch.float32 and torch.all(feats >= 0)
+    assert fashion_ext.logits(images).shape == (6, 10)
+    big = coarse.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
+    to_self = (fashion_ext(big) - feats).norm(dim=1) / feats.norm(dim=1)
+    to_next = (feats.roll(1, 0) - feats).norm(dim=1) / feats.norm(dim=1)
+    assert float(to_self.max()) < 0.25 and bool((to_self < 0.5 * to_next).all())
+    assert torch.equal(fashion_ext(images.repeat(1, 3, 1, 1)), feats)  # gray as RGB
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_test_accuracy_recomputed_on_the_real_test_set(fashion_ext):
+    test = load_dataset(DataConfig(source="fashion-mnist:test", image_size=28), progress=False)
+    predicted = torch.cat(
+        [
+            fashion_ext.logits(test.images_uint8[i : i + 2000]).argmax(1)
+            for i in range(0, 10_000, 2000)
+        ]
+    )
+    accuracy = (predicted == test.labels).float().mean().item()
+    assert abs(accuracy - fashion_ext.held_out_accuracy) <= 2 / 10_000  # thread-count ties
+
+
+def test_fashion_mnist_runs_are_judged_against_the_test_split():
+    from ddpmkit.evaluation.quality import default_classifier, default_features, default_reference
+
+    train = DataConfig(source="fashion-mnist", image_size=28, random_flip=True)
+    assert default_features(train) == "fashion-mnist" == default_classifier(train)
+    reference = default_reference(train)
+    assert (reference.source, reference.split, reference.random_flip) == (
+        "fashion-mnist",
+        "test",
+        False,
+    )
+    digits = DataConfig(source="digits")
+    assert default_reference(digits) is digits and default_classifier(digits) == "digits"
+    assert default_classifier(DataConfig(source="x.npz")) is None

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpmkit.config.data import is_fashion_mnist
 from ddpmkit.data import DataConfig, load_dataset
 from ddpmkit.data.npz import check_image_header, read_npy, read_npy_header
 from ddpmkit.errors import ConfigError, DataError
@@ -40,8 +41,8 @@ from ddpmkit.metrics.presets import paper_warning, preset_features
 
 STATS_KEYS = ("mu", "sigma")
 MAX_STATS_DIMS = 16_384  # sigma of 16384² float64 is 2 GiB; Inception's is 2048
-_DEFAULT_SIZE = {"inception": 299, "digits": 16}  # each extractor's own input size
-_DEFAULT_CHANNELS = {"inception": 3, "digits": 1}
+_DEFAULT_SIZE = {"inception": 299, "digits": 16, "fashion-mnist": 28}  # each one's input size
+_DEFAULT_CHANNELS = {"inception": 3, "digits": 1, "fashion-mnist": 1}
 
 
 @dataclass
@@ -255,14 +256,14 @@ def _open_side(spec: str) -> _Side:
 
 def _check_source(spec: str) -> None:
     """A missing file or folder is reported before any extractor is loaded."""
-    if spec == "digits" or spec.startswith("hf:"):
+    if spec == "digits" or spec.startswith("hf:") or is_fashion_mnist(spec):
         return
     head, sep, _ = spec.rpartition(":")  # a CIFAR folder's PATH:split
     if Path(spec).expanduser().exists() or (sep and Path(head).expanduser().is_dir()):
         return
     raise DataError(
         f"'{spec}' not found: give an .npz of images (arr_0) or of statistics (mu, sigma), an "
-        "image folder, a CIFAR folder, digits or hf:NAME"
+        "image folder, a CIFAR or idx folder, digits, fashion-mnist[:test] or hf:NAME"
     )
 
 

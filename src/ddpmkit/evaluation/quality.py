@@ -8,6 +8,7 @@ Results are merged into ``RUN_DIR/eval.json`` so that several calls build one qu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ddpmkit.config.data import FASHION_MNIST, is_fashion_mnist
 from ddpmkit.data import DataConfig, load_dataset, to_uint8
 from ddpmkit.diffusion import spaced_timesteps
 from ddpmkit.errors import ConfigError, DataError, RunDirError
@@ -402,8 +404,24 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 
 def default_features(data: DataConfig) -> str:
-    """``digits`` for the built-in digits, ``inception`` for everything else."""
-    return "digits" if data.source == "digits" else "inception"
+    """``digits`` for the built-in digits, ``fashion-mnist`` for the built-in Fashion-MNIST,
+    ``inception`` for everything else."""
+    if data.source == "digits":
+        return "digits"
+    return "fashion-mnist" if is_fashion_mnist(data.source) else "inception"
+
+
+def default_reference(data: DataConfig) -> DataConfig:
+    """The images a run's samples are judged against: its training data, except Fashion-MNIST,
+    whose 10,000 test images were never trained on."""
+    if is_fashion_mnist(data.source):
+        return dataclasses.replace(data, source=FASHION_MNIST, split="test", random_flip=False)
+    return data
+
+
+def default_classifier(data: DataConfig) -> str | None:
+    """The judge of conditional samples' classes: the shipped classifier of a built-in data set."""
+    return default_features(data) if default_features(data) != "inception" else None
 
 
 def check_features(name: str) -> None:
@@ -453,8 +471,6 @@ def run_eval(
     warning for anything fewer, given to ``warn`` (default :func:`warnings.warn`) before the
     work starts. Under ``torchrun`` the processes share the work (see
     :func:`evaluate`) and process 0 writes."""
-    import dataclasses
-
     from ddpmkit.metrics.extractors import load_extractor
     from ddpmkit.metrics.presets import PAPER_SAMPLES, paper_warning, preset_features
     from ddpmkit.run.loaded import load_run
@@ -473,12 +489,10 @@ def run_eval(
     )
     with torchrun_processes(device) as (distributed, rank, device):
         run = load_run(run_dir, weights=weights, device=device, step=step)
-        request.classifier = classifier or (
-            "digits" if run.config.data.source == "digits" else None
-        )
+        request.classifier = classifier or default_classifier(run.config.data)
         if request.samples is None:
             plan(request, run.diffusion.num_steps)  # a bad sampler or step count fails first
-        reference_data = run.config.data
+        reference_data = default_reference(run.config.data)
         if data is not None:
             reference_data = dataclasses.replace(reference_data, source=data, random_flip=False)
         name = chosen or default_features(reference_data)

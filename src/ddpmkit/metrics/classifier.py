@@ -1,7 +1,8 @@
-"""Class accuracy of generated samples: the shipped digits CNN, or a user's exported model.
+"""Class accuracy of generated samples: a shipped CNN, or a user's exported model.
 
 ``digits``: the classifier whose penultimate layer is the digits feature extractor (100% on a
-held-out fifth of the digits). A path: a program saved with ``torch.export.save`` (``.pt2``;
+held-out fifth of the digits); ``fashion-mnist``: the Fashion-MNIST one (its test accuracy is in
+its weights' metadata). A path: a program saved with ``torch.export.save`` (``.pt2``;
 or an older TorchScript file) that maps a float batch ``(N, C, H, W)`` in [−1, 1] at the run's
 image size to logits ``(N, K)`` over the run's K classes. Neither format runs Python code from
 the file on load.
@@ -21,14 +22,16 @@ Classifier = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, C, H, W) -> log
 
 
 def load_classifier(spec: str, device: torch.device | str = "cpu") -> Classifier:
-    """``digits`` or the path of a TorchScript classifier (see the module docstring)."""
-    if spec == "digits":
+    """``digits``, ``fashion-mnist`` or the path of an exported classifier (module docstring)."""
+    if spec in ("digits", "fashion-mnist"):
         from ddpmkit.metrics.extractors import load_extractor
 
-        return load_extractor("digits", device=device).logits
+        return load_extractor(spec, device=device).logits
     path = Path(spec)
     if not path.is_file():
-        raise ConfigError(f"classifier '{spec}' not found: give digits or a .pt2 file")
+        raise ConfigError(
+            f"classifier '{spec}' not found: give digits, fashion-mnist or a .pt2 file"
+        )
     try:
         if path.suffix == ".pt2":
             module = torch.export.load(str(path)).module()

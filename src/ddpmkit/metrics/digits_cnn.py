@@ -64,6 +64,7 @@ class DigitsCNN(nn.Module):
         feature_dim: int = FEATURE_DIM,
         num_classes: int = NUM_CLASSES,
         groups: int = 8,
+        pool: int = 1,
     ) -> None:
         super().__init__()
         c1, c2, c3 = widths
@@ -77,10 +78,10 @@ class DigitsCNN(nn.Module):
             nn.Conv2d(c2, c3, 3, stride=2, padding=1),
             nn.GroupNorm(groups, c3),
             nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(pool),
             nn.Flatten(),
         )
-        self.feature = nn.Linear(c3, feature_dim)
+        self.feature = nn.Linear(c3 * pool * pool, feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
 
     @property
@@ -95,20 +96,21 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def preprocess(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(N, C, S, S)``, C ∈ {1, 3} → float32 ``(N, 1, 16, 16)`` in [-1, 1].
+def preprocess(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """uint8 ``(N, C, S, S)``, C ∈ {1, 3} → float32 ``(N, 1, size, size)`` in [-1, 1].
 
-    The steps are listed in the module docstring. The input is assumed valid (checked by the
-    extractor); it stays on its device.
+    The steps are listed in the module docstring (``size`` 16 for digits; the Fashion-MNIST
+    classifier uses 28). The input is assumed valid (checked by the extractor); it stays on its
+    device.
     """
     x = images.to(torch.float32)
     if x.shape[1] == 3:
         w = torch.tensor(_LUMA, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         # the weighted sum of integers is exact in float32 (< 2**24), so gray-as-RGB is exact
         x = (x * w).sum(dim=1, keepdim=True) / 65536.0
-    if x.shape[-1] != INPUT_SIZE or x.shape[-2] != INPUT_SIZE:
+    if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(
-            x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
     # the standard layout, always: an (N, 1, H, W) view of NHWC data also passes as channels-last,
     # which sends the convolutions down another path (features equal only to ~1e-6)

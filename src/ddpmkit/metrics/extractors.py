@@ -1,7 +1,7 @@
 """Feature extractors for FID / KID / precision-recall, behind one interface.
 
 An extractor maps uint8 images ``(N, C, H, W)`` (C ∈ {1, 3}, any square size) to float32
-features ``(N, dims)`` on the CPU. Two are available (:data:`EXTRACTORS`):
+features ``(N, dims)`` on the CPU. Three are available (:data:`EXTRACTORS`):
 
 ``digits``
     The penultimate layer (128-d, after its ReLU) of a small CNN trained on scikit-learn's digits
@@ -10,6 +10,11 @@ features ``(N, dims)`` on the CPU. Two are available (:data:`EXTRACTORS`):
     scaling) is in :mod:`ddpmkit.metrics.digits_cnn`. Numbers computed with it are comparable
     only with numbers computed with the same weights (see ``fingerprint``), not with published
     FIDs.
+``fashion-mnist``
+    The same kind of network trained on Fashion-MNIST's 60,000 training images at 28×28
+    (:mod:`ddpmkit.metrics.fashion_cnn`, ``weights/fashion_cnn.safetensors``, trained by
+    ``tools/train_fashion_classifier.py``); its test accuracy and real-vs-real floors are in the
+    weights' metadata. Samples are judged against the 10,000 test images.
 ``inception``
     The standard FID Inception-v3 (TensorFlow weights of 2015-12-05, 2048-d pool features),
     built in plain PyTorch by :mod:`ddpmkit.metrics.inception` (no torchvision, no
@@ -28,7 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -39,11 +45,16 @@ from tqdm import tqdm
 
 from ddpmkit.errors import ConfigError
 from ddpmkit.metrics.digits_cnn import PREPROCESS_VERSION, DigitsCNN, preprocess
+from ddpmkit.metrics.fashion_cnn import PREPROCESS_VERSION as FASHION_PREPROCESS_VERSION
+from ddpmkit.metrics.fashion_cnn import fashion_cnn, fashion_preprocess
 from ddpmkit.sharding import gather_shares, process_group, shard_range
 
 __all__ = [
+    "CLASSIFIERS",
     "DIGITS_WEIGHTS_PATH",
     "EXTRACTORS",
+    "FASHION_WEIGHTS_PATH",
+    "ClassifierExtractor",
     "INCEPTION_WEIGHTS_FILE",
     "INCEPTION_WEIGHTS_FILES",
     "INCEPTION_WEIGHTS_URL",
@@ -58,11 +69,41 @@ __all__ = [
     "load_extractor",
 ]
 
-EXTRACTORS = ("digits", "inception")
+EXTRACTORS = ("digits", "fashion-mnist", "inception")
 
-_DIGITS_WEIGHTS = "weights/digits_cnn.safetensors"
-DIGITS_WEIGHTS_PATH = Path(__file__).parent / _DIGITS_WEIGHTS
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """A small classifier shipped as a feature extractor: its weights file (in the package),
+    the network, the preprocessing, its version string and the tool that trains it."""
+
+    weights: str
+    network: Callable[[], DigitsCNN]
+    preprocess: Callable[[torch.Tensor], torch.Tensor]
+    preprocess_version: str
+    tool: str
+
+
+CLASSIFIERS = {
+    "digits": ClassifierSpec(
+        "weights/digits_cnn.safetensors",
+        DigitsCNN,
+        preprocess,
+        PREPROCESS_VERSION,
+        "tools/train_digits_classifier.py",
+    ),
+    "fashion-mnist": ClassifierSpec(
+        "weights/fashion_cnn.safetensors",
+        fashion_cnn,
+        fashion_preprocess,
+        FASHION_PREPROCESS_VERSION,
+        "tools/train_fashion_classifier.py",
+    ),
+}
+DIGITS_WEIGHTS_PATH = Path(__file__).parent / CLASSIFIERS["digits"].weights
 """Where the shipped digits weights live (the training script's default output)."""
+FASHION_WEIGHTS_PATH = Path(__file__).parent / CLASSIFIERS["fashion-mnist"].weights
+"""… and the Fashion-MNIST ones."""
 
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_FILES = (INCEPTION_WEIGHTS_FILE, "weights-inception-2015-12-05-6726825d.pth")
@@ -168,14 +209,14 @@ def _short_hash(*parts: bytes | str) -> str:
 # digits
 
 
-class DigitsExtractor:
-    """The ``digits`` extractor: penultimate features of :class:`DigitsCNN`.
+class ClassifierExtractor:
+    """The ``digits`` and ``fashion-mnist`` extractors: penultimate features of a small
+    classifier (:data:`CLASSIFIERS`).
 
-    ``metadata`` is the weights file's metadata (strings); ``held_out_accuracy`` and
-    ``split_seed`` are read from it (``None`` when absent).
+    ``metadata`` is the weights file's metadata (strings); ``held_out_accuracy`` (digits: a
+    held-out fifth; Fashion-MNIST: the test set) and ``split_seed`` are read from it (``None``
+    when absent).
     """
-
-    name = "digits"
 
     def __init__(
         self,
@@ -184,7 +225,10 @@ class DigitsExtractor:
         fingerprint: str,
         metadata: Mapping[str, str],
         device: torch.device,
+        name: str = "digits",
     ) -> None:
+        self.name = name
+        self._preprocess = CLASSIFIERS[name].preprocess
         self.model = model.to(device).eval().requires_grad_(False)
         self.device = device
         self.dims = model.feature_dim
@@ -193,7 +237,7 @@ class DigitsExtractor:
 
     @property
     def held_out_accuracy(self) -> float | None:
-        value = self.metadata.get("held_out_accuracy")
+        value = self.metadata.get("held_out_accuracy", self.metadata.get("test_accuracy"))
         return float(value) if value is not None else None
 
     @property
@@ -207,7 +251,7 @@ class DigitsExtractor:
         if images.shape[0] == 0:
             return torch.empty((0, out_dims), dtype=torch.float32)
         with torch.no_grad():
-            x = preprocess(images.to(self.device))
+            x = self._preprocess(images.to(self.device))
             out = self.model(x) if logits else self.model.features(x)
         return out.to(device="cpu", dtype=torch.float32)
 
@@ -216,13 +260,19 @@ class DigitsExtractor:
         return self._run(images, logits=False)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits ``(N, 10)`` (digits 0..9), float32 on the CPU."""
+        """Class logits ``(N, 10)``, float32 on the CPU."""
         return self._run(images, logits=True)
 
     def __repr__(self) -> str:
         acc = self.held_out_accuracy
         acc_text = f", held-out accuracy {acc:.4f}" if acc is not None else ""
-        return f"DigitsExtractor(dims={self.dims}, fingerprint={self.fingerprint}{acc_text})"
+        return (
+            f"ClassifierExtractor({self.name!r}, dims={self.dims}, "
+            f"fingerprint={self.fingerprint}{acc_text})"
+        )
+
+
+DigitsExtractor = ClassifierExtractor  # the name before Fashion-MNIST
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -233,23 +283,25 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def _load_digits(weights: str | Path | None, device: torch.device) -> DigitsExtractor:
+def _load_classifier(
+    name: str, weights: str | Path | None, device: torch.device
+) -> ClassifierExtractor:
     from safetensors.torch import load as load_safetensors
 
+    spec = CLASSIFIERS[name]
     if weights is None:
-        where = f"the shipped {_DIGITS_WEIGHTS}"
+        where = f"the shipped {spec.weights}"
         try:
-            data = resources.files(__package__).joinpath(_DIGITS_WEIGHTS).read_bytes()
+            data = resources.files(__package__).joinpath(spec.weights).read_bytes()
         except OSError as e:  # pragma: no cover - a broken installation
             raise ConfigError(
-                f"cannot read {where} ({_reason(e)}): reinstall ddpmkit or retrain with "
-                "tools/train_digits_classifier.py"
+                f"cannot read {where} ({_reason(e)}): reinstall ddpmkit or retrain with {spec.tool}"
             ) from None
     else:
         path = Path(weights).expanduser()
         where = f"'{path}'"
         if not path.is_file():
-            raise ConfigError(f"digits weights file '{path}' not found: give a .safetensors file")
+            raise ConfigError(f"{name} weights file '{path}' not found: give a .safetensors file")
         data = path.read_bytes()
     try:
         tensors = load_safetensors(data)
@@ -257,21 +309,22 @@ def _load_digits(weights: str | Path | None, device: torch.device) -> DigitsExtr
     except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a bad file
         raise ConfigError(
             f"{where} is not a readable safetensors file ({_reason(e)}): give the file written "
-            "by tools/train_digits_classifier.py"
+            f"by {spec.tool}"
         ) from None
-    model = DigitsCNN()
+    model = spec.network()
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise ConfigError(
-            f"{where} does not hold the digits CNN's weights ({_reason(e)}): give the file "
-            "written by tools/train_digits_classifier.py"
+            f"{where} does not hold the {name} CNN's weights ({_reason(e)}): give the file "
+            f"written by {spec.tool}"
         ) from None
-    return DigitsExtractor(
+    return ClassifierExtractor(
         model,
-        fingerprint=_short_hash(_tensors_digest(tensors), PREPROCESS_VERSION),
+        fingerprint=_short_hash(_tensors_digest(tensors), spec.preprocess_version),
         metadata=metadata,
         device=device,
+        name=name,
     )
 
 
@@ -405,7 +458,8 @@ def load_extractor(
 ) -> FeatureExtractor:
     """The extractor called ``name`` (one of :data:`EXTRACTORS`), on ``device``.
 
-    ``weights`` replaces the default weights: a ``.safetensors`` file for ``digits``, the
+    ``weights`` replaces the default weights: a ``.safetensors`` file for ``digits`` and
+    ``fashion-mnist``, the
     FID Inception ``.pth`` file (:data:`INCEPTION_WEIGHTS_FILE`) for ``inception``.
     User errors raise :class:`ConfigError`.
     """
@@ -414,8 +468,8 @@ def load_extractor(
             f"unknown feature extractor {name!r}: choose one of {', '.join(EXTRACTORS)}"
         )
     dev = _device(device)
-    if name == "digits":
-        return _load_digits(weights, dev)
+    if name in CLASSIFIERS:
+        return _load_classifier(name, weights, dev)
     return _load_inception(weights, dev)
 
 
