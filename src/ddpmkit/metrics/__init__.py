@@ -1,5 +1,8 @@
-"""Sample-quality metrics: feature extractors (:mod:`ddpmkit.metrics.extractors`), FID, KID,
-precision/recall.
+"""Sample-quality metrics: feature extractors (:mod:`ddpmkit.metrics.extractors`: the digits and
+Fashion-MNIST CNNs, Inception-v3), FID, KID, precision/recall, class accuracy, the reference
+feature cache.
 
-Importing this package imports nothing heavy; each metric module is imported on use.
+It may import torch, numpy, the data package (reference images), errors and sharding; never the
+diffusion, the samplers or a run. Importing this package imports nothing heavy; each metric
+module is imported on use.
 """

@@ -1,0 +1,126 @@
+"""Quality per training minute: train variants of a recipe for a fixed time, score each, report
+medians over seeds (a benchmark, not a test; one job at a time on a quiet machine).
+
+    python benchmarks/recipe_screen.py --minutes 1 --seeds 0,1,2 \
+        --variant baseline= --variant min_snr=diffusion.loss_weight=min_snr \
+        --variant power_ema=train.ema=power [--base data.source=fashion-mnist ...] \
+        [--config configs/fashion_mnist_cpu.toml] [--n 500] [--out results.json]
+
+Each variant is ``NAME=OVERRIDE[,OVERRIDE...]`` on top of ``--config`` and ``--base``; each run
+trains with ``train.time_limit_min=MINUTES`` (the cosine learning rate decays with the time
+used) and a step budget it cannot reach, then ``ddpm eval`` draws ``--n`` DDIM-50 samples from
+the EMA weights and scores them with the data set's features (digits CNN for digits, the
+Fashion-MNIST CNN against the test set for fashion-mnist). Printed: a markdown table of the
+Fréchet distance per seed with the median, the steps and images/s reached, the seconds of
+training. Results are appended to ``--out`` as JSON lines as they come, so a long screen can be
+read while it runs and resumed (finished runs are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ddpmkit.evaluation.quality import run_eval
+from ddpmkit.train import Trainer, prepare_run
+
+
+def variant(text: str) -> tuple[str, list[str]]:
+    name, _, overrides = text.partition("=")
+    return name, [o for o in overrides.split(",") if o]
+
+
+def train_and_score(
+    run: Path, config_file: str | None, overrides: list[str], n: int, seed: int
+) -> dict:
+    config, run_dir = prepare_run(config_file, overrides, out=run)
+    trainer = Trainer(config, run_dir, progress=False)
+    started = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - started
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [m["images_per_s"] for m in metrics if "images_per_s" in m]
+    run_eval(
+        run,
+        n=n,
+        samplers=["ddim"],
+        steps=[50],
+        seed=seed,
+        progress=False,
+        out=run / "eval.json",
+        warn=lambda message: None,
+    )
+    row = json.loads((run / "eval.json").read_text())["results"][0]
+    return {
+        "steps": result.step,
+        "train_s": round(result.elapsed_s, 1),
+        "wall_s": round(wall, 1),
+        "images_per_s": round(statistics.median(rates), 1) if rates else None,
+        "fd": row["fid"],
+        "kid": row["kid_mean"],
+        "precision": row["precision"],
+        "recall": row["recall"],
+        **({"accuracy": row["accuracy"]} if "accuracy" in row else {}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, required=True)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variant", action="append", type=variant, required=True)
+    parser.add_argument("--base", action="append", default=[], help="overrides for every run")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--n", type=int, default=500, help="samples scored per run")
+    parser.add_argument("--runs", default="runs/screen", help="folder of the run directories")
+    parser.add_argument("--out", default="runs/screen/results.jsonl")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            record = json.loads(line)
+            done[record["variant"], record["seed"], record["minutes"]] = record
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.minutes} min/run")
+    for name, overrides in args.variant:
+        for seed in seeds:
+            key = (name, seed, args.minutes)
+            if key in done:
+                continue
+            run = Path(args.runs) / f"{name}-{args.minutes:g}min-seed{seed}"
+            every = [
+                *args.base,
+                *overrides,
+                f"train.seed={seed}",
+                f"train.time_limit_min={args.minutes}",
+                "train.steps=1000000",
+                "train.sample_every=0",
+                "train.checkpoint_every=0",
+            ]
+            record = {"variant": name, "seed": seed, "minutes": args.minutes, "overrides": every}
+            record.update(train_and_score(run, args.config, every, args.n, seed))
+            done[key] = record
+            with out.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"{name} seed {seed}: FD {record['fd']:.3f}, {record['steps']} steps", flush=True)
+    print("\n| variant | FD per seed | median FD | steps (median) | img/s | minutes |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for name, _ in args.variant:
+        rows = [done[name, s, args.minutes] for s in seeds if (name, s, args.minutes) in done]
+        fds = [r["fd"] for r in rows]
+        print(
+            f"| {name} | {', '.join(f'{v:.3f}' for v in fds)} | {statistics.median(fds):.3f} | "
+            f"{statistics.median(r['steps'] for r in rows):.0f} | "
+            f"{statistics.median(r['images_per_s'] or 0 for r in rows):.0f} | {args.minutes:g} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
