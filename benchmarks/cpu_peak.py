@@ -25,10 +25,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from guidance_cost import best_time  # benchmarks/ is on sys.path when run
 
 FLOP_PER_CYCLE = {"fp32 AVX-512": 64, "bf16 AVX512_BF16": 128, "bf16 AMX": 1024}
 
@@ -42,21 +42,11 @@ def machine() -> tuple[int, float, set[str]]:
     return cores, max(mhz) / 1000, flags
 
 
-def best_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def matmul_flops(dtype: torch.dtype, repeats: int) -> float:
     best = 0.0
     for n in (1024, 2048, 3072):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        best = max(best, 2 * n**3 / best_seconds(lambda a=a, b=b: a @ b, repeats))
+        best = max(best, 2 * n**3 / best_time(lambda a=a, b=b: a @ b, repeats))
     return best
 
 
@@ -71,7 +61,7 @@ def conv_flops(dtype: torch.dtype, channels_last: bool, repeats: int) -> float:
         F.conv2d(x, w, padding=1).sum().backward()
 
     flop = 3 * 2 * 64 * 64 * 64 * 9 * 16 * 16  # forward, grad input, grad weight
-    return flop / best_seconds(step, repeats)
+    return flop / best_time(step, repeats)
 
 
 KERNELS = """

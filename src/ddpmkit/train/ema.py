@@ -4,6 +4,8 @@ Models", §3.1)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -17,6 +19,7 @@ def ema_decay(step: int, decay: float, warmup: bool) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+@functools.lru_cache(maxsize=8)
 def power_ema_exponent(std: float) -> float:
     """γ of the power profile whose relative standard deviation is ``std``: the largest real
     root of σ_rel² = (γ + 1)/((γ + 2)²(γ + 3)) (Karras et al. 2024, eq. 3), i.e. of
