@@ -69,13 +69,17 @@ import torch, torch.nn.functional as F
 fmt = torch.channels_last if {last} else torch.contiguous_format
 x = torch.randn(64, 64, 16, 16, dtype=torch.bfloat16).to(memory_format=fmt).requires_grad_()
 w = torch.randn(64, 64, 3, 3, dtype=torch.bfloat16).to(memory_format=fmt).requires_grad_()
-for _ in range(2):
+for i in range(3):
+    print(f"pass {i}", flush=True)
     F.conv2d(x, w, padding=1).sum().backward()
 """
 
 
-def onednn_kernels(channels_last: bool) -> list[str]:
-    """(primitive, implementation) of the second bf16 forward+backward, from ONEDNN_VERBOSE."""
+def onednn_kernels(channels_last: bool) -> dict[str, tuple[int, float]]:
+    """{primitive kind: implementation → (calls, milliseconds)} over the last of three bf16
+    forward+backward passes, from ONEDNN_VERBOSE. Its lines read ``onednn_verbose[,v1],
+    primitive,exec,cpu,KIND,IMPLEMENTATION,...,TIME_MS`` (the version field came with oneDNN
+    3.x), so the fields are found after ``exec`` rather than at fixed places."""
     env = {**os.environ, "ONEDNN_VERBOSE": "1"}
     out = subprocess.run(
         [sys.executable, "-c", KERNELS.format(last=channels_last)],
@@ -84,12 +88,22 @@ def onednn_kernels(channels_last: bool) -> list[str]:
         env=env,
         check=True,
     ).stdout
-    lines = [line.split(",") for line in out.splitlines() if line.startswith("onednn_verbose")]
-    execs = [
-        f"{p[3]}:{p[5]}" for p in lines if len(p) > 5 and p[1] == "primitive" and p[2] == "exec"
-    ]
-    execs = execs or [f"{p[3]}:{p[4]}" for p in lines if len(p) > 4 and p[1] == "exec"]
-    return execs[len(execs) // 2 :]
+    passes: list[list[tuple[str, float]]] = []
+    for line in out.splitlines():
+        if line.startswith("pass "):
+            passes.append([])
+            continue
+        fields = line.split(",")
+        if not passes or not line.startswith("onednn_verbose") or "exec" not in fields:
+            continue
+        at = fields.index("exec")
+        if len(fields) > at + 3 and fields[at + 1] == "cpu":
+            passes[-1].append((f"{fields[at + 2]}: {fields[at + 3]}", float(fields[-1])))
+    kernels: dict[str, tuple[int, float]] = {}
+    for name, ms in passes[-1] if passes else []:
+        calls, total = kernels.get(name, (0, 0.0))
+        kernels[name] = (calls + 1, total + ms)
+    return kernels
 
 
 def main() -> None:
@@ -135,9 +149,12 @@ def main() -> None:
         print(f"| {name} | {flops / 1e9:,.0f} | {share} |")
     for last in (False, True):
         kernels = onednn_kernels(last)
-        print(f"\nbf16 conv, {'channels-last' if last else 'NCHW'}: oneDNN ran")
-        for kernel in dict.fromkeys(kernels):
-            print(f"  {kernels.count(kernel)} × {kernel}")
+        layout = "channels-last" if last else "NCHW"
+        print(f"\nbf16 conv fwd+bwd, {layout}: oneDNN ran (third pass)")
+        for kernel, (calls, ms) in kernels.items():
+            print(f"  {calls} × {kernel}: {ms:.3f} ms")
+        if not kernels:
+            print("  no oneDNN primitive (PyTorch's own kernel ran)")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ddpmkit.data import DataConfig, from_uint8, load_dataset, to_uint8
 from ddpmkit.evaluation.quality import default_features, default_reference
 from ddpmkit.evaluation.scores import score_sets
+from ddpmkit.metrics.classifier import class_shares, predicted_classes
 from ddpmkit.metrics.extractors import extract_features, load_extractor
 from ddpmkit.metrics.frechet import GaussianStats
 
@@ -128,7 +129,7 @@ def main() -> None:
     real = extract_features(extractor, reference, progress=False)
     fake = extract_features(extractor, samples, progress=False)
     scores = score_sets(GaussianStats.of(real), GaussianStats.of(fake), real, fake, seed=args.seed)
-    classes = extractor.logits(samples).argmax(1).bincount(minlength=10) / len(samples)
+    shares = class_shares(*predicted_classes(extractor.logits, samples))
     record = {
         "peer": "diffusers UNet2DModel",
         "data": args.data,
@@ -145,7 +146,7 @@ def main() -> None:
         "kid": scores.kid.mean if scores.kid else math.nan,
         "precision": scores.precision_recall.precision if scores.precision_recall else math.nan,
         "recall": scores.precision_recall.recall if scores.precision_recall else math.nan,
-        "class_shares": [round(v, 3) for v in classes.tolist()],
+        "class_shares": [round(v, 3) for v in shares],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

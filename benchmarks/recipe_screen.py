@@ -66,6 +66,7 @@ def train_and_score(
         "precision": row["precision"],
         "recall": row["recall"],
         **({"accuracy": row["accuracy"]} if "accuracy" in row else {}),
+        **({"class_shares": row["class_shares"]} if row.get("class_shares") else {}),
     }
 
 

@@ -43,7 +43,9 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, amp: b
     return sum(storages.values())
 
 
-def measure(config, batch: int, repeats: int, channels_last=False, checkpointing=False, amp=False):
+def training_step(config, batch: int, channels_last=False, checkpointing=False, amp=False):
+    """(model, x0, step): one training step of ``config``'s U-Net on random images (forward,
+    L_simple, backward, AdamW), in the layout and precision asked."""
     model_cfg = config.model
     model_cfg.checkpointing = checkpointing
     torch.manual_seed(0)
@@ -62,6 +64,12 @@ def measure(config, batch: int, repeats: int, channels_last=False, checkpointing
         loss.backward()
         optimizer.step()
 
+    return model, x0, step
+
+
+def measure(config, batch: int, repeats: int, channels_last=False, checkpointing=False, amp=False):
+    model, x0, step = training_step(config, batch, channels_last, checkpointing, amp)
+    num_steps = config.diffusion.num_steps
     for _ in range(2):
         step()
     times = []
@@ -69,7 +77,7 @@ def measure(config, batch: int, repeats: int, channels_last=False, checkpointing
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    t = torch.randint(0, diffusion.num_steps, (batch,))
+    t = torch.randint(0, num_steps, (batch,))
     half = batch // 2  # per image: what the second half of the batch adds (weights left out)
     per_image = (saved_bytes(model, x0, t, amp) - saved_bytes(model, x0[:half], t[:half], amp)) / (
         batch - half

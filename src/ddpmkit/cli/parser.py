@@ -299,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--classifier",
         metavar="digits|fashion-mnist|FILE.pt2",
-        help="judge the class of conditional samples: digits or fashion-mnist (the default for "
-        "runs on those data sets) or a torch.export program mapping [-1, 1] images to logits",
+        help="judge the samples' classes (class shares of every row, accuracy of conditional "
+        "samples): digits or fashion-mnist (the default for runs on those data sets) or a "
+        "torch.export program mapping [-1, 1] images to logits",
     )
     ev.add_argument("--out", metavar="FILE.json", help="JSON path (default RUN_DIR/eval.json)")
     ev.add_argument(

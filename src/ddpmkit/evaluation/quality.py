@@ -27,6 +27,12 @@ from ddpmkit.diffusion import spaced_timesteps
 from ddpmkit.errors import ConfigError, DataError, RunDirError
 from ddpmkit.evaluation.scores import score_sets
 from ddpmkit.generate import SampleRequest, generate
+from ddpmkit.metrics.classifier import (
+    Classifier,
+    class_shares,
+    load_classifier,
+    predicted_classes,
+)
 from ddpmkit.metrics.extractors import EXTRACTORS, FeatureExtractor, extract_features
 from ddpmkit.metrics.frechet import GaussianStats, frechet_distance
 from ddpmkit.metrics.reference import reference_features
@@ -50,7 +56,7 @@ class EvalRequest:
     k: int = 3  # neighbours for precision/recall
     samples: Path | None = None
     guidance: Sequence[float] = (0.0,)  # class-conditional runs: one row per weight
-    classifier: str | None = None  # digits or a TorchScript file: class accuracy of the samples
+    classifier: str | None = None  # digits, fashion-mnist or a .pt2: the samples' classes
     amp: bool = False  # sample with the network under bfloat16 autocast
 
 
@@ -69,6 +75,7 @@ class EvalRow:
     feature_seconds: float
     guidance: float = 0.0
     accuracy: float | None = None  # class accuracy of the samples (conditional runs)
+    class_shares: list[float] | None = None  # share of the samples in each class (a classifier)
 
 
 @dataclass
@@ -210,9 +217,14 @@ def evaluate(
         if len(reference.features) >= 8
         else float("nan"),
     )
+    classifier = None
+    if request.classifier:
+        classifier = load_classifier(request.classifier, run.device)
     if request.samples is not None:
         images = read_samples(Path(request.samples), run.config.data)
         row = _row("npz", 0, images, 0.0, extractor, reference, request, progress, distributed)
+        if classifier is not None:
+            _judge_classes(row, classifier, images, None, request.batch_size)
         report.results.append(row)
         return report
     data = run.config.data
@@ -222,11 +234,6 @@ def evaluate(
         raise ConfigError("--guidance needs a class-conditional run (train.conditional=true)")
     for weight in request.guidance if classes else ():  # rows sample every class
         run.conditioning("all", weight, "evaluation")  # guidance needs a trained null class
-    classifier = None
-    if classes and request.classifier:
-        from ddpmkit.metrics.classifier import load_classifier
-
-        classifier = load_classifier(request.classifier, run.device)
     for sampler, steps, weight, sample_request in _sample_requests(run, request):
         if progress:
             nfe = get_sampler(sampler).calls(steps)
@@ -242,11 +249,25 @@ def evaluate(
         )
         row.guidance = weight
         if classifier is not None:
-            from ddpmkit.metrics.classifier import class_accuracy
-
-            row.accuracy = class_accuracy(classifier, images, result.labels)
+            labels = result.labels if classes else None
+            _judge_classes(row, classifier, images, labels, request.batch_size)
         report.results.append(row)
     return report
+
+
+def _judge_classes(
+    row: EvalRow,
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    batch_size: int,
+) -> None:
+    """The row's class shares (which classes the classifier sees in the samples) and, for
+    samples drawn for given ``labels``, its class accuracy."""
+    predicted, num_classes = predicted_classes(classifier, images, batch_size)
+    row.class_shares = [round(v, 6) for v in class_shares(predicted, num_classes)]
+    if labels is not None:
+        row.accuracy = float((predicted == labels.to(predicted.device)).double().mean())
 
 
 def _sample_requests(run: LoadedRun, request: EvalRequest) -> list[tuple]:
@@ -380,9 +401,13 @@ def write_eval_json(path: Path, report: EvalReport) -> dict[str, Any]:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """One line per (sampler, steps, guidance): NFE, FID, KID ×10³, precision, recall, class
-    accuracy (conditional runs), seconds."""
+    accuracy (conditional runs), the classes the samples cover (a classifier judged them: how
+    many classes got any sample, and the smallest share), seconds."""
     guided = any(r.get("guidance") or r.get("accuracy") is not None for r in results)
+    covered = any(r.get("class_shares") for r in results)
     extra_head, extra_rule = (" guidance | accuracy |", " ---: | ---: |") if guided else ("", "")
+    if covered:
+        extra_head, extra_rule = extra_head + " classes (smallest share) |", extra_rule + " ---: |"
     lines = [
         "| sampler | steps | NFE | n |"
         + extra_head
@@ -395,12 +420,22 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             accuracy = r.get("accuracy")
             shown = "–" if accuracy is None else f"{accuracy:.3f}"
             extra = f" {r.get('guidance', 0.0):g} | {shown} |"
+        if covered:
+            extra += f" {coverage(r.get('class_shares'))} |"
         lines.append(
             f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['n']} |{extra} {r['fid']:.3f} | "
             f"{1e3 * r['kid_mean']:.3f} ± {1e3 * r['kid_std']:.3f} | {r['precision']:.3f} | "
             f"{r['recall']:.3f} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def coverage(shares: list[float] | None) -> str:
+    """``present/K (smallest %)`` of a row's class shares, ``–`` without them."""
+    if not shares:
+        return "–"
+    present = sum(share > 0 for share in shares)
+    return f"{present}/{len(shares)} ({100 * min(shares):.1f} %)"
 
 
 def default_features(data: DataConfig) -> str:

@@ -48,15 +48,32 @@ def load_classifier(spec: str, device: torch.device | str = "cpu") -> Classifier
     return classify
 
 
+def predicted_classes(
+    classifier: Classifier, images: torch.Tensor, batch_size: int = 500
+) -> tuple[torch.Tensor, int]:
+    """(the class ``classifier`` assigns to each uint8 image, the number of classes K)."""
+    predicted, classes = [], 0
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        logits = classifier(batch)
+        if logits.ndim != 2 or len(logits) != len(batch):
+            raise ConfigError(f"the classifier returned shape {tuple(logits.shape)}, not (N, K)")
+        predicted.append(logits.argmax(1))
+        classes = logits.shape[1]
+    return torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long), classes
+
+
 def class_accuracy(
     classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
 ) -> float:
     """Share of ``images`` (uint8) that ``classifier`` assigns to their ``labels``."""
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = classifier(images[start : start + batch_size])
-        if logits.ndim != 2 or len(logits) != len(images[start : start + batch_size]):
-            raise ConfigError(f"the classifier returned shape {tuple(logits.shape)}, not (N, K)")
-        predicted = logits.argmax(1)
-        correct += int((predicted == labels[start : start + batch_size]).sum())
-    return correct / len(images)
+    predicted, _ = predicted_classes(classifier, images, batch_size)
+    return int((predicted == labels.to(predicted.device)).sum()) / len(images)
+
+
+def class_shares(predicted: torch.Tensor, num_classes: int) -> list[float]:
+    """Share of the ``predicted`` classes (of :func:`predicted_classes`) that falls in each of the
+    ``num_classes`` classes: which classes an unconditional model covers, and how evenly (a
+    dropped class shows as 0)."""
+    counts = torch.bincount(predicted.cpu(), minlength=num_classes)
+    return [int(c) / max(len(predicted), 1) for c in counts]
