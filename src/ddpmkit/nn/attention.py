@@ -16,6 +16,7 @@ from torch import nn
 
 from ddpmkit.config.model import ATTENTION_KINDS  # noqa: E402 (defined with the config)
 from ddpmkit.nn.blocks import zero_module
+from ddpmkit.nn.norm import GroupNorm
 
 
 class FullAttention(nn.Module):
@@ -44,7 +45,7 @@ class FullAttention(nn.Module):
         self.heads = heads
         self.head_dim = head_dim
         inner = heads * head_dim
-        self.norm = nn.GroupNorm(norm_groups, channels, eps=norm_eps)
+        self.norm = GroupNorm(norm_groups, channels, eps=norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * inner, 1)
         self.proj = zero_module(nn.Conv2d(inner, channels, 1))
 
@@ -85,10 +86,10 @@ class LinearAttention(nn.Module):
         self.head_dim = head_dim
         self.scale = head_dim**-0.5
         inner = heads * head_dim
-        self.norm = nn.GroupNorm(norm_groups, channels, eps=norm_eps)
+        self.norm = GroupNorm(norm_groups, channels, eps=norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
         self.proj = nn.Conv2d(inner, channels, 1)
-        self.out_norm = nn.GroupNorm(1, channels, eps=norm_eps)
+        self.out_norm = GroupNorm(1, channels, eps=norm_eps)
         nn.init.zeros_(self.out_norm.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

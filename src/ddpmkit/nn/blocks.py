@@ -19,6 +19,7 @@ from ddpmkit.config.model import (
     DOWNSAMPLE_PADDINGS,  # noqa: E402 (defined with the config)
     TIME_CONDITIONINGS,  # noqa: E402 (defined with the config)
 )
+from ddpmkit.nn.norm import GroupNorm
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -57,7 +58,7 @@ class ResBlock(nn.Module):
             raise ValueError(f"unknown time_conditioning {time_conditioning!r}")
         self.scale_shift = time_conditioning == "scale_shift"
         self.in_layers = nn.Sequential(
-            nn.GroupNorm(norm_groups, in_channels, eps=norm_eps),
+            GroupNorm(norm_groups, in_channels, eps=norm_eps),
             nn.SiLU(),
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
         )
@@ -65,7 +66,7 @@ class ResBlock(nn.Module):
             nn.SiLU(),
             nn.Linear(time_dim, 2 * out_channels if self.scale_shift else out_channels),
         )
-        self.out_norm = nn.GroupNorm(norm_groups, out_channels, eps=norm_eps)
+        self.out_norm = GroupNorm(norm_groups, out_channels, eps=norm_eps)
         self.out_layers = nn.Sequential(
             nn.SiLU(),
             nn.Dropout(dropout),
@@ -120,11 +121,11 @@ class ConvNextBlock(nn.Module):
             nn.Linear(time_dim, 2 * in_channels if self.scale_shift else in_channels),
         )
         self.net = nn.Sequential(
-            nn.GroupNorm(1, in_channels, eps=norm_eps),
+            GroupNorm(1, in_channels, eps=norm_eps),
             nn.Conv2d(in_channels, hidden, 3, padding=1),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.GroupNorm(1, hidden, eps=norm_eps),
+            GroupNorm(1, hidden, eps=norm_eps),
             zero_module(nn.Conv2d(hidden, out_channels, 3, padding=1)),
         )
         self.skip: nn.Module = (

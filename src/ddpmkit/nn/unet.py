@@ -34,6 +34,7 @@ from ddpmkit.nn.blocks import (
     zero_module,
 )
 from ddpmkit.nn.embeddings import SinusoidalTimeEmbedding
+from ddpmkit.nn.norm import GroupNorm
 from ddpmkit.precision import autocast_disabled
 
 
@@ -159,7 +160,7 @@ class UNet(nn.Module):
         assert not skip_channels
 
         self.out = nn.Sequential(
-            nn.GroupNorm(config.norm_groups, ch, eps=config.norm_eps),
+            GroupNorm(config.norm_groups, ch, eps=config.norm_eps),
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1)),
         )
