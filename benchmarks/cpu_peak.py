@@ -70,7 +70,7 @@ fmt = torch.channels_last if {last} else torch.contiguous_format
 x = torch.randn(64, 64, 16, 16, dtype=torch.bfloat16).to(memory_format=fmt).requires_grad_()
 w = torch.randn(64, 64, 3, 3, dtype=torch.bfloat16).to(memory_format=fmt).requires_grad_()
 for i in range(3):
-    print(f"pass {i}", flush=True)
+    print(f"pass {{i}}", flush=True)
     F.conv2d(x, w, padding=1).sum().backward()
 """
 

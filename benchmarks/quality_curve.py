@@ -1,0 +1,94 @@
+"""Quality against training time: the medians of recipe_screen.py and peer_quality.py results,
+drawn per data set (a benchmark's figure; it trains nothing).
+
+    python benchmarks/quality_curve.py --results runs/screen60/results.jsonl \
+        --results runs/screen300/results.jsonl --results runs/fm10/results.jsonl \
+        --peer runs/peer/results.jsonl --label baseline=today's default ... \
+        --out docs/quality_vs_time.png
+
+Each results line is one run (variant, seed, minutes, Fréchet distance); a point is the median
+over seeds of a (data set, recipe, minutes), drawn with the range of its seeds (recipes measured
+at the same minutes are drawn a little apart). A recipe is
+drawn only when ``--label NAME=TEXT`` names it (the variants of a screen are many). Prints the
+table of the points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after the backend)
+import matplotlib.ticker  # noqa: E402
+
+TICKS = (1, 2, 5, 10, 30)  # the budgets the issue asks for
+
+
+def data_set(record: dict) -> str:
+    text = " ".join(record.get("overrides", [])) + " " + str(record.get("data", ""))
+    return "Fashion-MNIST" if "fashion" in text or record["variant"].startswith("fm") else "digits"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", action="append", default=[])
+    parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument("--label", action="append", default=[], help="VARIANT=legend text")
+    parser.add_argument("--out", default="docs/quality_vs_time.png")
+    args = parser.parse_args()
+    labels = dict(text.split("=", 1) for text in args.label)
+    points: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for path in args.results:
+        for line in Path(path).read_text().splitlines():
+            record = json.loads(line)
+            if record["variant"] in labels:
+                key = (data_set(record), labels[record["variant"]])
+                points[key][record["minutes"]].append(record["fd"])
+    for path in args.peer:
+        for line in Path(path).read_text().splitlines():
+            record = json.loads(line)
+            key = (data_set(record), record["peer"])
+            points[key][record["minutes"]].append(record["fd"])
+    sets = sorted({d for d, _ in points})
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4), squeeze=False)
+    print("| data set | recipe | minutes | seeds | FD per seed | median FD |")
+    print("| --- | --- | ---: | ---: | --- | ---: |")
+    for ax, name in zip(axes[0], sets, strict=True):
+        drawn = [(key, by_time) for key, by_time in sorted(points.items()) if key[0] == name]
+        for i, ((data, recipe), by_time) in enumerate(drawn):
+            minutes = sorted(by_time)
+            spread = 1 + 0.03 * (i - (len(drawn) - 1) / 2)  # side by side where times coincide
+            medians = [statistics.median(by_time[m]) for m in minutes]
+            low = [m - min(by_time[t]) for m, t in zip(medians, minutes, strict=True)]
+            high = [max(by_time[t]) - m for m, t in zip(medians, minutes, strict=True)]
+            shifted = [m * spread for m in minutes]
+            ax.errorbar(shifted, medians, yerr=[low, high], marker="o", capsize=3, label=recipe)
+            for t, med in zip(minutes, medians, strict=True):
+                fds = ", ".join(f"{v:.3f}" for v in by_time[t])
+                print(f"| {data} | {recipe} | {t:g} | {len(by_time[t])} | {fds} | {med:.3f} |")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(0.8, 40)
+        ax.set_xticks(TICKS, [f"{t:g}" for t in TICKS])
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("training minutes (2 CPU cores)")
+        ax.set_ylabel("Fréchet distance (data set's CNN features)")
+        ax.set_title(name)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
