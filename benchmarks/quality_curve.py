@@ -32,7 +32,15 @@ TICKS = (1, 2, 5, 10, 30)  # the budgets the issue asks for
 
 def data_set(record: dict) -> str:
     text = " ".join(record.get("overrides", [])) + " " + str(record.get("data", ""))
-    return "Fashion-MNIST" if "fashion" in text or record["variant"].startswith("fm") else "digits"
+    fashion = "fashion" in text or record.get("variant", "").startswith("fm")
+    return "Fashion-MNIST" if fashion else "digits"
+
+
+def records(path: str) -> list[dict]:
+    """The scored runs of a results file (blank lines and runs without a distance left out)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    found = [json.loads(line) for line in lines if line.strip()]
+    return [r for r in found if isinstance(r.get("fd"), int | float)]
 
 
 def main() -> None:
@@ -45,17 +53,17 @@ def main() -> None:
     labels = dict(text.split("=", 1) for text in args.label)
     points: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for path in args.results:
-        for line in Path(path).read_text().splitlines():
-            record = json.loads(line)
-            if record["variant"] in labels:
+        for record in records(path):
+            if record.get("variant") in labels:
                 key = (data_set(record), labels[record["variant"]])
                 points[key][record["minutes"]].append(record["fd"])
     for path in args.peer:
-        for line in Path(path).read_text().splitlines():
-            record = json.loads(line)
+        for record in records(path):
             key = (data_set(record), record["peer"])
             points[key][record["minutes"]].append(record["fd"])
     sets = sorted({d for d, _ in points})
+    if not sets:
+        raise SystemExit("no results match a --label (or --peer is empty): nothing to draw")
     fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4), squeeze=False)
     print("| data set | recipe | minutes | seeds | FD per seed | median FD |")
     print("| --- | --- | ---: | ---: | --- | ---: |")

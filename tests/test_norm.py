@@ -57,5 +57,17 @@ def test_bf16_channels_last_gives_the_numbers_of_the_nchw_layout():
         last = norm(x.contiguous(memory_format=torch.channels_last))
     assert last.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(nchw, last)
+    expected = group_norm_reference(x.float(), 8, norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(last.double(), expected, rtol=0.02, atol=0.02)  # bf16 input
+
+
+def test_a_tensor_contiguous_in_both_layouts_keeps_its_shape_and_values():
+    """1×1 maps are contiguous in both layouts: the plain path, the closed form all the same."""
+    norm = GroupNorm(2, 8)
+    x = torch.randn(5, 8, 1, 1)
+    out = norm(x.contiguous(memory_format=torch.channels_last))
+    assert out.shape == x.shape
+    expected = group_norm_reference(x, 2, norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     assert isinstance(norm, torch.nn.GroupNorm)
     assert set(norm.state_dict()) == {"weight", "bias"}  # checkpoints and diffusers keys unchanged

@@ -455,7 +455,8 @@ def default_reference(data: DataConfig) -> DataConfig:
 
 
 def default_classifier(data: DataConfig) -> str | None:
-    """The judge of conditional samples' classes: the shipped classifier of a built-in data set."""
+    """The judge of every row's classes (shares; accuracy of conditional samples): the shipped
+    classifier of a built-in data set."""
     return default_features(data) if default_features(data) != "inception" else None
 
 

@@ -41,9 +41,13 @@ def load_classifier(spec: str, device: torch.device | str = "cpu") -> Classifier
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"'{spec}' is not an exported classifier (.pt2): {first}") from None
 
+    # an exported program keeps the device it was exported on: feed it there
+    tensors = [*module.parameters(), *module.buffers()]
+    where = tensors[0].device if tensors else torch.device(device)
+
     def classify(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return module(from_uint8(images).to(device)).float().cpu()
+            return module(from_uint8(images).to(where)).float().cpu()
 
     return classify
 

@@ -1,7 +1,7 @@
 """GroupNorm (Wu & He 2018) that stays fast on channels-last activations.
 
 PyTorch's CPU GroupNorm has a separate kernel for channels-last (NHWC) inputs; in bfloat16 it is
-6-7 times slower than the NCHW kernel, forward and backward (digits U-Net, batch 64: 36 ms more
+7 times slower than the NCHW kernel forward and 5 times backward (digits U-Net, batch 64: 36 ms more
 per training step, more than the convolutions gain from the layout; BENCHMARKS.md, "Why
 channels-last bf16 training was slower"). :class:`GroupNorm` normalises a channels-last input
 in the NCHW layout and hands the result back channels-last: the two copies cost less than the
