@@ -23,14 +23,6 @@ from torch.profiler import ProfilerActivity, profile
 from ddpmkit.config import resolve_config
 
 
-def self_times(prof, steps: int) -> dict[str, float]:
-    """Milliseconds of self CPU time per step, by operator name."""
-    times: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        times[event.key] += event.self_cpu_time_total / 1e3 / steps
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="digits")
@@ -46,20 +38,14 @@ def main() -> None:
         layouts[last] = training_step(config, args.batch, channels_last=last, amp=not args.fp32)
         for _ in range(3):
             layouts[last][2]()
-    profiles = {}
-    records = {last: [] for last in layouts}
+    per_step = {last: defaultdict(float) for last in layouts}  # operator -> self CPU ms per step
     for _ in range(args.steps):
         for last, (_, _, step) in layouts.items():
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 step()
-            records[last].append(prof)
-    for last, profs in records.items():
-        totals: dict[str, float] = defaultdict(float)
-        for prof in profs:
-            for name, ms in self_times(prof, args.steps).items():
-                totals[name] += ms
-        profiles[last] = totals
-    nchw, cl = profiles[False], profiles[True]
+            for event in prof.key_averages():
+                per_step[last][event.key] += event.self_cpu_time_total / 1e3 / args.steps
+    nchw, cl = per_step[False], per_step[True]
     names = sorted(set(nchw) | set(cl), key=lambda n: cl.get(n, 0) - nchw.get(n, 0), reverse=True)
     precision = "fp32" if args.fp32 else "bf16"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config} "

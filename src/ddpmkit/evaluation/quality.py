@@ -32,6 +32,7 @@ from ddpmkit.metrics.classifier import (
     class_shares,
     load_classifier,
     predicted_classes,
+    share_correct,
 )
 from ddpmkit.metrics.extractors import EXTRACTORS, FeatureExtractor, extract_features
 from ddpmkit.metrics.frechet import GaussianStats, frechet_distance
@@ -267,7 +268,7 @@ def _judge_classes(
     predicted, num_classes = predicted_classes(classifier, images, batch_size)
     row.class_shares = [round(v, 6) for v in class_shares(predicted, num_classes)]
     if labels is not None:
-        row.accuracy = float((predicted == labels.to(predicted.device)).double().mean())
+        row.accuracy = share_correct(predicted, labels)
 
 
 def _sample_requests(run: LoadedRun, request: EvalRequest) -> list[tuple]:

@@ -72,7 +72,12 @@ def class_accuracy(
 ) -> float:
     """Share of ``images`` (uint8) that ``classifier`` assigns to their ``labels``."""
     predicted, _ = predicted_classes(classifier, images, batch_size)
-    return int((predicted == labels.to(predicted.device)).sum()) / len(images)
+    return share_correct(predicted, labels)
+
+
+def share_correct(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of the ``predicted`` classes (of :func:`predicted_classes`) equal to ``labels``."""
+    return int((predicted == labels.to(predicted.device)).sum()) / len(predicted)
 
 
 def class_shares(predicted: torch.Tensor, num_classes: int) -> list[float]:
