@@ -23,7 +23,7 @@ from ddpmkit.compare import (
     summarize_run,
     summarize_runs,
 )
-from ddpmkit.config import RunConfig, resolve_config
+from ddpmkit.config import DiffusionConfig, RunConfig, UNetConfig, resolve_config
 from ddpmkit.errors import ConfigError, RunDirError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LUZ = ROOT / "configs" / "luz"
 
 RUNS = {  # name -> overrides that make it differ
-    "l2": ["diffusion.loss=l2"],
-    "l1": ["diffusion.loss=l1"],
+    "l2": ["diffusion.loss=l2", "diffusion.schedule=linear"],
+    "l1": ["diffusion.loss=l1", "diffusion.schedule=linear"],
     "l1cos": ["diffusion.loss=l1", "diffusion.schedule=cosine"],
 }
 
@@ -281,7 +281,12 @@ def test_luz_config_changes_only_the_diffusion_choices(name):
     config = resolve_config(LUZ / f"{name}.toml")
     assert (config.diffusion.loss, config.diffusion.prediction) == (loss, prediction)
     assert config.diffusion.schedule == schedule
-    expected = RunConfig()
+    # the recipe the grid was measured on: the default before issue 16, whose network and
+    # process are the classes' own defaults (32 channels; linear, ε, unweighted)
+    expected = RunConfig(model=UNetConfig(), diffusion=DiffusionConfig())
+    expected.train = dataclasses.replace(
+        expected.train, steps=2800, warmup_steps=200, ema_decay=0.995
+    )
     expected.diffusion = dataclasses.replace(
         expected.diffusion, loss=loss, prediction=prediction, schedule=schedule
     )

@@ -306,6 +306,32 @@ def test_shipped_digits_config_is_the_default_recipe():
     assert resolve_config(root / "configs" / "digits.toml") == RunConfig()
 
 
+RECIPE_CHOICES = {
+    "model": ("base_channels",),
+    "diffusion": ("schedule", "prediction", "loss", "loss_weight"),
+    "train": ("steps", "warmup_steps", "ema_decay"),
+}
+
+
+def test_shipped_configs_spell_out_what_a_default_change_could_move():
+    """Every config in configs/ writes the recipe choices the default recipe has moved before
+    (issue 16 moved width, schedule, target, weighting, warm-up and EMA), so the next default
+    change cannot reach into a published recipe; the paper recipes weight nothing."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    files = sorted(root.rglob("*.toml"))
+    assert len(files) >= 15
+    for file in files:
+        table = tomllib.loads(file.read_text(encoding="utf-8"))
+        for section, keys in RECIPE_CHOICES.items():
+            missing = [k for k in keys if k not in table.get(section, {})]
+            assert not missing, f"{file.name} leaves {section}.{missing} to the defaults"
+    for name in ("cifar10_ddpm", "fashion_mnist", "flowers64", "pets64", "tinyimagenet64"):
+        assert resolve_config(root / f"{name}.toml").diffusion.loss_weight == "none"
+
+
 def test_shipped_cifar10_config_is_the_paper_recipe():
     from pathlib import Path
 
@@ -331,10 +357,70 @@ def test_model_in_channels_follows_data_channels_unless_given():
 
 
 def test_the_default_depth_is_defined_once():
+    """The recipe's network is UNetConfig's at half the width: nothing else is restated."""
+    import dataclasses
+
     from ddpmkit.config import RunConfig
     from ddpmkit.nn.unet import UNetConfig
 
-    assert RunConfig().model == UNetConfig() and UNetConfig().blocks_per_resolution == 1
+    recipe = RunConfig().model
+    assert (recipe.base_channels, UNetConfig().base_channels) == (16, 32)
+    assert dataclasses.replace(recipe, base_channels=32) == UNetConfig()
+    assert UNetConfig().blocks_per_resolution == 1
+
+
+def test_the_default_recipe_is_the_measured_one_and_the_classes_stay_classic():
+    """`ddpm train` with no arguments trains the combination that won at 60 s and 300 s
+    (BENCHMARKS.md); DiffusionConfig() itself (the diffusers import, library users) keeps Ho et
+    al.'s linear schedule, ε target and unweighted loss."""
+    from ddpmkit.config import DiffusionConfig, RunConfig
+
+    run = RunConfig()
+    diffusion = run.diffusion
+    assert (diffusion.schedule, diffusion.prediction, diffusion.loss_weight) == (
+        "cosine",
+        "v",
+        "p2",
+    )
+    assert (run.train.warmup_steps, run.train.ema_decay, run.train.steps) == (50, 0.99, 4000)
+    classic = DiffusionConfig()
+    assert (classic.schedule, classic.prediction, classic.loss_weight) == ("linear", "eps", "none")
+    assert (diffusion.num_steps, diffusion.variance, diffusion.loss) == (1000, "fixed_small", "l2")
+
+
+def test_edm_and_kl_runs_need_no_recipe_values_undone():
+    """process=edm decides schedule, target and weighting itself, and loss=kl has no simple loss
+    to weight: the recipe's cosine / v / P2 step aside unless the user wrote them, in which case
+    the contradiction is still one line."""
+    edm = resolve_config(overrides=["diffusion.process=edm"]).diffusion
+    assert (edm.schedule, edm.prediction, edm.loss_weight, edm.schedule_shift) == (
+        "linear",
+        "eps",
+        "none",
+        1.0,
+    )
+    for key, value in (("schedule", "cosine"), ("prediction", "v"), ("loss_weight", "p2")):
+        with pytest.raises(ConfigError, match=f"drop diffusion.{key}"):
+            resolve_config(overrides=["diffusion.process=edm", f"diffusion.{key}={value}"])
+    kl = ["diffusion.loss=kl", "diffusion.variance=learned_range"]
+    config = resolve_config(overrides=kl).diffusion
+    assert (config.loss_weight, config.schedule, config.prediction) == ("none", "cosine", "v")
+    with pytest.raises(ConfigError, match="loss=kl has none"):
+        resolve_config(overrides=[*kl, "diffusion.loss_weight=p2"])
+
+
+def test_a_saved_run_keeps_the_recipe_it_was_trained_with():
+    """A run directory's config.json written under the old defaults resumes with them: the
+    saved values are given values, and the new defaults do not reach into them."""
+    old = RunConfig().to_dict()
+    old["diffusion"].update(schedule="linear", prediction="eps", loss_weight="none")
+    old["model"]["base_channels"] = 32
+    old["train"].update(steps=2800, warmup_steps=200, ema_decay=0.995)
+    resumed = resolve_config(overrides=["train.steps=3000"], base=old)
+    assert (resumed.diffusion.schedule, resumed.diffusion.prediction) == ("linear", "eps")
+    assert resumed.diffusion.loss_weight == "none" and resumed.model.base_channels == 32
+    assert (resumed.train.warmup_steps, resumed.train.ema_decay) == (200, 0.995)
+    assert resumed.train.steps == 3000
 
 
 @pytest.mark.slow

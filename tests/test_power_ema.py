@@ -44,9 +44,11 @@ def test_the_average_weights_step_i_by_the_power_profile():
 
 
 def test_the_exponential_ema_is_unchanged_by_default():
+    """The default stays the warmed-up exponential EMA, now at the recipe's decay 0.99."""
     config = TrainConfig()
     assert config.ema == "exponential"
-    assert decay_at(0, config) == pytest.approx(0.1) and decay_at(10_000, config) == 0.995
+    assert decay_at(0, config) == pytest.approx(0.1) and decay_at(10_000, config) == 0.99
+    assert decay_at(10_000, TrainConfig(ema_decay=0.995)) == 0.995
 
 
 def test_bad_ema_options_are_refused():

@@ -16,6 +16,29 @@ LOSS_WEIGHTS = ("none", "min_snr", "p2")
 PROCESSES = ("ddpm", "edm")
 
 
+EDM_OWNED = {
+    "schedule": "linear",
+    "prediction": "eps",
+    "loss": "l2",
+    "loss_weight": "none",
+    "schedule_shift": 1.0,
+}
+"""The keys ``process=edm`` decides itself, at the values that say "not used"."""
+
+
+def values_implied_by(given: dict) -> dict:
+    """The values that the keys in ``given`` (a [diffusion] table as written) imply for keys it
+    leaves out: under ``process=edm`` the keys EDM decides itself step aside (a recipe's
+    cosine schedule or P2 weighting would otherwise be refused), and ``loss=kl``, which has no
+    simple loss to weight, takes no weighting. Keys that are given are never changed."""
+    implied: dict = {}
+    if given.get("process") == "edm":
+        implied.update(EDM_OWNED)
+    if given.get("loss") == "kl":
+        implied["loss_weight"] = "none"
+    return {key: value for key, value in implied.items() if key not in given}
+
+
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {kind} '{value}': choose one of {', '.join(choices)}")
@@ -78,14 +101,7 @@ class DiffusionConfig:
 
     def _check_edm(self) -> None:
         """process=edm brings its own σ table, parameterisation, loss weight and σ sampling."""
-        fixed = {
-            "schedule": "linear",
-            "prediction": "eps",
-            "loss": "l2",
-            "loss_weight": "none",
-            "schedule_shift": 1.0,
-        }
-        for key, default in fixed.items():
+        for key, default in EDM_OWNED.items():
             if getattr(self, key) != default:
                 raise ConfigError(
                     f"diffusion.process=edm has its own σ table, preconditioning and loss "
