@@ -409,18 +409,38 @@ def test_edm_and_kl_runs_need_no_recipe_values_undone():
         resolve_config(overrides=[*kl, "diffusion.loss_weight=p2"])
 
 
-def test_a_saved_run_keeps_the_recipe_it_was_trained_with():
-    """A run directory's config.json written under the old defaults resumes with them: the
-    saved values are given values, and the new defaults do not reach into them."""
+def test_a_saved_run_keeps_the_recipe_it_was_trained_with(tmp_path):
+    """A config.json written before diffusion.loss_weight existed (and under the earlier
+    default recipe) trained unweighted: reading the run, resuming it, and importing its export
+    keep it unweighted, while a config file that leaves the key out gets today's P2."""
+    from ddpmkit.config import completed_saved_config
+    from ddpmkit.rundir import RunDir
+    from ddpmkit.train import prepare_run
+
     old = RunConfig().to_dict()
-    old["diffusion"].update(schedule="linear", prediction="eps", loss_weight="none")
+    old["diffusion"].update(schedule="linear", prediction="eps")
     old["model"]["base_channels"] = 32
     old["train"].update(steps=2800, warmup_steps=200, ema_decay=0.995)
-    resumed = resolve_config(overrides=["train.steps=3000"], base=old)
-    assert (resumed.diffusion.schedule, resumed.diffusion.prediction) == ("linear", "eps")
-    assert resumed.diffusion.loss_weight == "none" and resumed.model.base_channels == 32
-    assert (resumed.train.warmup_steps, resumed.train.ema_decay) == (200, 0.995)
-    assert resumed.train.steps == 3000
+    later = ("loss_weight", "min_snr_gamma", "p2_gamma", "p2_k", "schedule_shift", "process")
+    for key in later:  # fields added by issue 16, absent from the runs saved before it
+        del old["diffusion"][key]
+    for key in ("ema", "ema_std"):
+        del old["train"][key]
+    run = tmp_path / "old-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(old))
+    saved = RunDir(run).read_config()
+    assert (saved.diffusion.loss_weight, saved.diffusion.schedule) == ("none", "linear")
+    assert (saved.diffusion.process, saved.train.ema) == ("ddpm", "exponential")
+    assert (saved.model.base_channels, saved.train.ema_decay) == (32, 0.995)
+    resumed, _ = prepare_run(None, ["train.steps=3000"], resume=run)
+    assert resumed.diffusion.loss_weight == "none" and resumed.train.steps == 3000
+    assert config_from_dict(completed_saved_config({"diffusion": {}})).diffusion.loss_weight == (
+        "none"
+    )
+    file = tmp_path / "mine.toml"
+    file.write_text('[diffusion]\nschedule = "linear"\n')
+    assert resolve_config(file).diffusion.loss_weight == "p2"
 
 
 @pytest.mark.slow

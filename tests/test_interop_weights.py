@@ -33,7 +33,8 @@ CASES = {
             "norm_groups": 4,
             "time_conditioning": "scale_shift",
         },
-        {"variance": "learned_range", "loss": "hybrid"},
+        # Ho et al.'s linear schedule and ε, written out (the run default moved to cosine and v)
+        {"variance": "learned_range", "loss": "hybrid", "prediction": "eps", "schedule": "linear"},
         (16, 24),
     ),
     "add-heads4-learned_range-v-same-padding-24x16": (

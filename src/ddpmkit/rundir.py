@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ddpmkit.config import RunConfig, config_from_dict
+from ddpmkit.config import RunConfig, completed_saved_config, config_from_dict
 from ddpmkit.errors import CorruptFileError, RunDirError
 from ddpmkit.fileio import atomic_write_text, load_tensors
 
@@ -220,7 +220,7 @@ class RunDir:
         data = self.read_json(CONFIG_FILE)
         if not isinstance(data, dict):
             raise RunDirError(f"{self.config_path} does not hold a config object")
-        return data
+        return completed_saved_config(data)  # a run saved before a field existed keeps its past
 
     def read_config(self) -> RunConfig:
         return config_from_dict(self.read_config_dict())

@@ -372,6 +372,28 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "train": train}
 
 
+def completed_saved_config(d: Any) -> Any:
+    """A config that a run saved (its config.json, an export's ddpmkit.json) with the fields it
+    lacks filled in as they ran then. A saved config names every field of its release; a field
+    it lacks came later, and ran as its section class's own default, not as today's recipe:
+    ``diffusion.loss_weight`` (added before the default recipe moved to P2) is ``none`` in runs
+    saved without it. Only the fields where the recipe departs from its class are filled."""
+    if not isinstance(d, dict):
+        return d
+    completed = dict(d)
+    recipe = RunConfig()
+    for name, cls in SECTIONS.items():
+        section = d.get(name, {})
+        if not isinstance(section, dict):
+            continue
+        classic = dataclasses.asdict(cls())
+        ours = dataclasses.asdict(getattr(recipe, name))
+        missing = {k: v for k, v in classic.items() if k not in section and ours[k] != v}
+        if missing:
+            completed[name] = {**section, **missing}
+    return completed
+
+
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """A validated RunConfig from nested sections (missing keys keep their defaults)."""
     if not isinstance(d, dict):

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ddpmkit import __version__
-from ddpmkit.config import RunConfig, config_from_dict
+from ddpmkit.config import RunConfig, completed_saved_config, config_from_dict
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.fileio import load_tensors
 from ddpmkit.interop.diffusers_config import (
@@ -149,7 +149,7 @@ def _ddpmkit_block(
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise InteropError(f"{path}: step must be an integer >= 0, got {step!r}")
     try:
-        config = config_from_dict(data.get("config"))
+        config = config_from_dict(completed_saved_config(data.get("config")))
         unet = unet_to_diffusers(config.model, config.data.image_size)
         scheduler = scheduler_to_diffusers(config.diffusion, config.sample.clip_x0)
     except DdpmkitError:
