@@ -3,7 +3,7 @@ drawn per data set (a benchmark's figure; it trains nothing).
 
     python benchmarks/quality_curve.py --results runs/screen60/results.jsonl \
         --results runs/screen300/results.jsonl --results runs/fm10/results.jsonl \
-        --peer runs/peer/results.jsonl --label baseline=today's default ... \
+        --peer runs/peer/results.jsonl --label NAME=TEXT ... \
         --out docs/quality_vs_time.png
 
 Each results line is one run (variant, seed, minutes, Fréchet distance); a point is the median

@@ -19,6 +19,7 @@ read while it runs and resumed (finished runs are skipped).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ddpmkit.config import resolve_config
 from ddpmkit.evaluation.quality import run_eval
 from ddpmkit.train import Trainer, prepare_run
 
@@ -33,6 +35,13 @@ from ddpmkit.train import Trainer, prepare_run
 def variant(text: str) -> tuple[str, list[str]]:
     name, _, overrides = text.partition("=")
     return name, [o for o in overrides.split(",") if o]
+
+
+def config_digest(config_file: str | None, overrides: list[str]) -> str:
+    """SHA-256 of the resolved config: a results line is reused only for the same run, not
+    for a variant name whose defaults have moved since it was measured."""
+    text = resolve_config(config_file, overrides).to_json()
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def train_and_score(
@@ -93,8 +102,6 @@ def main() -> None:
     for name, overrides in args.variant:
         for seed in seeds:
             key = (name, seed, args.minutes)
-            if key in done:
-                continue
             run = Path(args.runs) / f"{name}-{args.minutes:g}min-seed{seed}"
             every = [
                 *args.base,
@@ -105,7 +112,24 @@ def main() -> None:
                 "train.sample_every=0",
                 "train.checkpoint_every=0",
             ]
-            record = {"variant": name, "seed": seed, "minutes": args.minutes, "overrides": every}
+            digest = config_digest(args.config, every)
+            if key in done:
+                recorded = done[key].get("config_sha256")
+                if recorded is None:
+                    print(f"{name} seed {seed}: reusing a line without a config digest (older)")
+                elif recorded != digest:
+                    raise SystemExit(
+                        f"{out} holds {name} seed {seed} at {args.minutes:g} min with another "
+                        "config (the defaults or the file moved): use another --out or name"
+                    )
+                continue
+            record = {
+                "variant": name,
+                "seed": seed,
+                "minutes": args.minutes,
+                "overrides": every,
+                "config_sha256": digest,
+            }
             record.update(train_and_score(run, args.config, every, args.n, seed))
             done[key] = record
             with out.open("a", encoding="utf-8") as f:

@@ -69,7 +69,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 EXAMPLES = """examples:
-  ddpm train                                   # digits, about 10 minutes on a laptop CPU
+  ddpm train                                   # digits, about 5 minutes on a 2-core CPU
   ddpm train --data ./my_images --out runs/faces data.image_size=32 data.channels=3 \\
              train.steps=20000
   ddpm train --config configs/cifar10_ddpm.toml --data ./cifar10/train
@@ -112,13 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train a model (default: the built-in digits, ~10 min on a CPU)",
+        help="train a model (default: the built-in digits, ~5 min on a 2-core CPU)",
         description=(
             "Train a DDPM. The run directory receives config.json, model/ema/optimizer "
             "safetensors, metrics.jsonl and samples/; it is all that `ddpm sample` and "
             "`ddpm train --resume` need. Settings come from the defaults (the digits recipe), "
             "then --config, then KEY=VALUE overrides such as train.steps=2000, "
-            "model.channel_mults=1,2,2 or diffusion.schedule=cosine (a bare key works where "
+            "model.channel_mults=1,2,2 or diffusion.schedule=linear (a bare key works where "
             "it is unique: steps=2000 is ambiguous, lr=1e-3 is not)."
         ),
     )
