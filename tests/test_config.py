@@ -332,6 +332,23 @@ def test_shipped_configs_spell_out_what_a_default_change_could_move():
         assert resolve_config(root / f"{name}.toml").diffusion.loss_weight == "none"
 
 
+def test_fashion_mnist_cpu_config_is_the_default_recipe_on_a_time_budget():
+    """configs/fashion_mnist_cpu.toml is the measured default recipe at 28×28 with a 10-minute
+    budget (BENCHMARKS.md): the same network, process and optimiser, nothing else changed."""
+    import dataclasses
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    config = resolve_config(root / "configs" / "fashion_mnist_cpu.toml")
+    default = RunConfig()
+    assert (config.data.source, config.data.image_size) == ("fashion-mnist", 28)
+    assert config.model == default.model and config.diffusion == default.diffusion
+    train = dataclasses.asdict(config.train)
+    changed = {k for k, v in dataclasses.asdict(default.train).items() if train[k] != v}
+    assert changed == {"steps", "sample_every", "time_limit_min"}
+    assert config.train.time_limit_min == 10
+
+
 def test_shipped_cifar10_config_is_the_paper_recipe():
     from pathlib import Path
 

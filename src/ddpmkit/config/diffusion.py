@@ -105,7 +105,8 @@ class DiffusionConfig:
             if getattr(self, key) != default:
                 raise ConfigError(
                     f"diffusion.process=edm has its own σ table, preconditioning and loss "
-                    f"weight: drop diffusion.{key}"
+                    f"weight: drop diffusion.{key} = {getattr(self, key)!r} (from the config "
+                    f"file or an override)"
                 )
         if self.variance not in ("fixed_small", "fixed_large"):
             raise ConfigError(
