@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ddpmkit.config import resolve_config
+from ddpmkit.config import RunConfig
 from ddpmkit.evaluation.quality import run_eval
 from ddpmkit.train import Trainer, prepare_run
 
@@ -37,18 +37,8 @@ def variant(text: str) -> tuple[str, list[str]]:
     return name, [o for o in overrides.split(",") if o]
 
 
-def config_digest(config_file: str | None, overrides: list[str]) -> str:
-    """SHA-256 of the resolved config: a results line is reused only for the same run, not
-    for a variant name whose defaults have moved since it was measured."""
-    text = resolve_config(config_file, overrides).to_json()
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def train_and_score(
-    run: Path, config_file: str | None, overrides: list[str], n: int, seed: int
-) -> dict:
-    config, run_dir = prepare_run(config_file, overrides, out=run)
-    trainer = Trainer(config, run_dir, progress=False)
+def train_and_score(config: RunConfig, run: Path, n: int, seed: int) -> dict:
+    trainer = Trainer(config, run, progress=False)
     started = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - started
@@ -112,7 +102,10 @@ def main() -> None:
                 "train.sample_every=0",
                 "train.checkpoint_every=0",
             ]
-            digest = config_digest(args.config, every)
+            config, _ = prepare_run(args.config, every, out=run)
+            # a results line is reused only for the same resolved config, not for a variant
+            # name whose defaults have moved since it was measured
+            digest = hashlib.sha256(config.to_json().encode()).hexdigest()
             if key in done:
                 recorded = done[key].get("config_sha256")
                 if recorded is None:
@@ -130,7 +123,7 @@ def main() -> None:
                 "overrides": every,
                 "config_sha256": digest,
             }
-            record.update(train_and_score(run, args.config, every, args.n, seed))
+            record.update(train_and_score(config, run, args.n, seed))
             done[key] = record
             with out.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")

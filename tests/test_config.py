@@ -428,8 +428,9 @@ def test_edm_and_kl_runs_need_no_recipe_values_undone():
 
 def test_a_saved_run_keeps_the_recipe_it_was_trained_with(tmp_path):
     """A config.json written before diffusion.loss_weight existed (and under the earlier
-    default recipe) trained unweighted: reading the run, resuming it, and importing its export
-    keep it unweighted, while a config file that leaves the key out gets today's P2."""
+    default recipe) trained unweighted: reading the run and resuming it keep it unweighted, as
+    does completed_saved_config (what the import of an export's ddpmkit.json calls), while a
+    config file that leaves the key out gets today's P2."""
     from ddpmkit.config import completed_saved_config
     from ddpmkit.rundir import RunDir
     from ddpmkit.train import prepare_run

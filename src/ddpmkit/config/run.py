@@ -169,7 +169,7 @@ class SampleConfig:
 
 def recipe_model() -> UNetConfig:
     """The default recipe's network: :class:`UNetConfig`'s, at half its width (16 base
-    channels, 0.3M parameters), which trains ~1.5x more steps per second on a CPU."""
+    channels, 0.3M parameters), which trains 1.5-2x the steps per second on a CPU."""
     return UNetConfig(base_channels=16)
 
 
