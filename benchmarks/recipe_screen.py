@@ -33,8 +33,19 @@ from ddpmkit.train import Trainer, prepare_run
 
 
 def variant(text: str) -> tuple[str, list[str]]:
+    """``NAME=A,B,...`` → (NAME, [A, B, ...]); a comma inside brackets belongs to its list value
+    (``model.channel_mults=[1,2]``)."""
     name, _, overrides = text.partition("=")
-    return name, [o for o in overrides.split(",") if o]
+    parts, depth, current = [], 0, ""
+    for char in overrides:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return name, [o for o in parts if o]
 
 
 def train_and_score(config: RunConfig, run: Path, n: int, seed: int) -> dict:

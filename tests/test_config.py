@@ -442,7 +442,7 @@ def test_a_saved_run_keeps_the_recipe_it_was_trained_with(tmp_path):
     later = ("loss_weight", "min_snr_gamma", "p2_gamma", "p2_k", "schedule_shift", "process")
     for key in later:  # fields added by issue 16, absent from the runs saved before it
         del old["diffusion"][key]
-    for key in ("ema", "ema_std"):
+    for key in ("ema", "ema_std", "cpu_fused_adam"):
         del old["train"][key]
     run = tmp_path / "old-run"
     run.mkdir()
@@ -451,6 +451,7 @@ def test_a_saved_run_keeps_the_recipe_it_was_trained_with(tmp_path):
     assert (saved.diffusion.loss_weight, saved.diffusion.schedule) == ("none", "linear")
     assert (saved.diffusion.process, saved.train.ema) == ("ddpm", "exponential")
     assert (saved.model.base_channels, saved.train.ema_decay) == (32, 0.995)
+    assert saved.train.cpu_fused_adam is False  # it ran torch's per-parameter AdamW loop
     resumed, _ = prepare_run(None, ["train.steps=3000"], resume=run)
     assert resumed.diffusion.loss_weight == "none" and resumed.train.steps == 3000
     assert config_from_dict(completed_saved_config({"diffusion": {}})).diffusion.loss_weight == (
@@ -478,3 +479,38 @@ def test_reading_a_run_directory_loads_no_data_source_sampler_or_network() -> No
     loaded = set(ast.literal_eval(out)) - {"ddpmkit"}
     allowed = ("ddpmkit.config", "ddpmkit.errors", "ddpmkit.fileio", "ddpmkit.rundir")
     assert loaded and all(m.startswith(allowed) for m in loaded), sorted(loaded)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1,2", (1, 2)),
+        ("[1, 2]", (1, 2)),
+        ("[1,2,2]", (1, 2, 2)),
+    ],
+)
+def test_a_list_override_takes_commas_or_a_bracketed_array(text, expected):
+    assert (
+        resolve_config(
+            overrides=[f"model.channel_mults={text}", _attention(expected)]
+        ).model.channel_mults
+        == expected
+    )
+
+
+def _attention(mults: tuple[int, ...]) -> str:
+    return "model.attention=" + ",".join(["none"] * len(mults))
+
+
+@pytest.mark.parametrize(
+    "text", ['["none", "full"]', "[none, full]", "none,full", "['none','full']"]
+)
+def test_a_list_of_names_reads_as_in_a_config_file(text):
+    config = resolve_config(overrides=["model.channel_mults=1,2", f"model.attention={text}"])
+    assert config.model.attention == ("none", "full")
+
+
+@pytest.mark.parametrize("text", ["[1,2", "1,2]"])
+def test_an_unclosed_list_is_one_clear_error(text):
+    with pytest.raises(ConfigError, match=r"model.channel_mults must be a list like \[1, 2\]"):
+        resolve_config(overrides=[f"model.channel_mults={text}"])

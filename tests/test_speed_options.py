@@ -204,3 +204,36 @@ def test_sampling_under_autocast_stays_close_and_float32(one_thread):
     # sampled images are not compared: a random-weight net's ODE amplifies any rounding (10
     # DDIM steps: up to 1.4 apart on an AMX CPU), and x̂_0 = (x_T − σε̂)/α near t = T too.
     assert 0 < float((exact - rounded).abs().max() / exact.abs().max()) < 0.05
+
+
+def test_the_fused_cpu_adam_trains_like_the_per_parameter_loop(shapes_npz, tmp_path, one_thread):
+    """train.cpu_fused_adam swaps AdamW's kernel, not its mathematics: the oracle is torch's
+    per-parameter loop (a separate implementation) over the same three steps."""
+    common = ("train.steps=3", "train.amp=false")
+    loop = _train(shapes_npz, tmp_path / "loop", *common, "train.cpu_fused_adam=false")
+    fused = _train(shapes_npz, tmp_path / "fused", *common, "train.cpu_fused_adam=true")
+    assert loop.state.optimizer.param_groups[0]["fused"] is None
+    assert fused.state.optimizer.param_groups[0]["fused"] is True
+    a, b = _weights(tmp_path / "loop"), _weights(tmp_path / "fused")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_a_resumed_run_runs_the_kernel_its_config_asks_for(shapes_npz, tmp_path, one_thread):
+    """The checkpoint's param groups carry the kernel flags of the process that saved them; a
+    resume takes its own (the config's) instead. Under the fused kernel a resumed run continues
+    exactly as a straight one."""
+    common = ("train.checkpoint_every=2", "train.lr_schedule=constant", "train.amp=false")
+    fused = "train.cpu_fused_adam=true"
+    _train(shapes_npz, tmp_path / "straight", "train.steps=4", *common, fused)
+    _train(shapes_npz, tmp_path / "stopped", "train.steps=2", *common, fused)
+    _train(shapes_npz, tmp_path / "stopped", "train.steps=4", *common, fused, resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    _train(shapes_npz, tmp_path / "loop", "train.steps=2", *common, "train.cpu_fused_adam=false")
+    assert (
+        '"fused": null'
+        in RunDir(tmp_path / "loop").load_checkpoint().metadata["optimizer"]["optimizer"]
+    )
+    resumed = _train(shapes_npz, tmp_path / "loop", "train.steps=3", *common, fused, resume=True)
+    assert resumed.state.optimizer.param_groups[0]["fused"] is True

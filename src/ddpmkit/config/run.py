@@ -67,6 +67,7 @@ class TrainConfig:
     amp_dtype: str = "auto"  # auto: bf16 where native, else fp16 + GradScaler on CUDA | bf16 | fp16
     channels_last: bool = False  # NHWC memory format for the model and the batches
     compile: bool = False  # torch.compile the training model (inductor)
+    cpu_fused_adam: bool = False  # AdamW as one fused kernel on the CPU too (CUDA always fuses)
     log_every: int = 50
     sample_every: int = 1000  # 0: only at the end
     checkpoint_every: int = 1000  # 0: only at the end
@@ -256,6 +257,17 @@ def _checked_int(value: int, where: str) -> int:
     return value
 
 
+def _text_list(text: str, where: str) -> list[str]:
+    """A list written on the command line: ``1,2,2``, or in brackets as in a config file
+    (``[1, 2, 2]``, ``["none", "full"]``, ``[none, full]``); items stay text for _coerce."""
+    text = text.strip()
+    if text.startswith("[") or text.endswith("]"):
+        if not (text.startswith("[") and text.endswith("]")):
+            raise ConfigError(f"{where} must be a list like [1, 2] or 1,2, got {_show(text)}")
+        text = text[1:-1]
+    return [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
+
+
 def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
     """``value`` converted to the annotated type ``tp`` or a ConfigError naming ``where``."""
     origin = typing.get_origin(tp)
@@ -270,7 +282,7 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
     if origin is tuple:
         item_type = typing.get_args(tp)[0]
         if from_text and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = _text_list(value, where)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {_show(value)}")
         return tuple(_coerce(v, item_type, where, from_text) for v in value)
@@ -372,12 +384,18 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "train": train}
 
 
+RAN_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {"train": {"cpu_fused_adam": False}}
+"""Fields added after runs were saved, with the value that a saved config lacking them ran with
+(where the class default alone would not say it)."""
+
+
 def completed_saved_config(d: Any) -> Any:
     """A config that a run saved (its config.json, an export's ddpmkit.json) with the fields it
     lacks filled in as they ran then. A saved config names every field of its release; a field
     it lacks came later, and ran as its section class's own default, not as today's recipe:
     ``diffusion.loss_weight`` (added before the default recipe moved to P2) is ``none`` in runs
-    saved without it. Only the fields where the recipe departs from its class are filled."""
+    saved without it. Filled: the fields where the recipe departs from its class, and those of
+    :data:`RAN_BEFORE_THEY_EXISTED` (``train.cpu_fused_adam``: false)."""
     if not isinstance(d, dict):
         return d
     completed = dict(d)
@@ -389,6 +407,9 @@ def completed_saved_config(d: Any) -> Any:
         classic = dataclasses.asdict(cls())
         ours = dataclasses.asdict(getattr(recipe, name))
         missing = {k: v for k, v in classic.items() if k not in section and ours[k] != v}
+        missing |= {
+            k: v for k, v in RAN_BEFORE_THEY_EXISTED.get(name, {}).items() if k not in section
+        }
         if missing:
             completed[name] = {**section, **missing}
     return completed

@@ -232,6 +232,12 @@ class TrainState:
         meta = checkpoint.metadata.get("optimizer", {})
         if "optimizer" not in meta:
             raise RunDirError(f"{checkpoint.path}: the optimizer file lacks its metadata")
+        # the kernel (fused, foreach) is this process's choice, not the checkpoint's: a run
+        # resumed on another device, or imported, runs the kernel its config and device ask for
+        kernels = [
+            {k: group[k] for k in ("fused", "foreach") if k in group}
+            for group in self.optimizer.param_groups
+        ]
         try:
             self.optimizer.load_state_dict(
                 optimizer_from_tensors(checkpoint.tensors["optimizer"], meta["optimizer"])
@@ -240,6 +246,8 @@ class TrainState:
             raise RunDirError(
                 f"{checkpoint.path}: the optimizer state does not fit: {err}"
             ) from None
+        for group, kernel in zip(self.optimizer.param_groups, kernels, strict=True):
+            group.update(kernel)
         train = checkpoint.tensors.get("train_state", {})
         if isinstance(self.timestep_sampler, LossSecondMomentSampler) and (
             "timesteps.losses" in train
