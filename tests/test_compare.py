@@ -285,7 +285,7 @@ def test_luz_config_changes_only_the_diffusion_choices(name):
     # process are the classes' own defaults (32 channels; linear, ε, unweighted)
     expected = RunConfig(model=UNetConfig(), diffusion=DiffusionConfig())
     expected.train = dataclasses.replace(
-        expected.train, steps=2800, warmup_steps=200, ema_decay=0.995
+        expected.train, steps=2800, batch_size=64, warmup_steps=200, ema_decay=0.995
     )
     expected.diffusion = dataclasses.replace(
         expected.diffusion, loss=loss, prediction=prediction, schedule=schedule

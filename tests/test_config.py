@@ -307,15 +307,16 @@ def test_shipped_digits_config_is_the_default_recipe():
 
 
 RECIPE_CHOICES = {
-    "model": ("base_channels",),
+    "model": ("base_channels", "attention", "mid_attention"),
     "diffusion": ("schedule", "prediction", "loss", "loss_weight"),
-    "train": ("steps", "warmup_steps", "ema_decay"),
+    "train": ("steps", "batch_size", "warmup_steps", "ema_decay"),
 }
 
 
 def test_shipped_configs_spell_out_what_a_default_change_could_move():
     """Every config in configs/ writes the recipe choices the default recipe has moved before
-    (issue 16 moved width, schedule, target, weighting, warm-up and EMA), so the next default
+    (issue 16 moved width, attention, schedule, target, weighting, batch, warm-up and EMA), so
+    the next default
     change cannot reach into a published recipe; the paper recipes weight nothing."""
     import tomllib
     from pathlib import Path
@@ -333,8 +334,9 @@ def test_shipped_configs_spell_out_what_a_default_change_could_move():
 
 
 def test_fashion_mnist_cpu_config_is_the_default_recipe_on_a_time_budget():
-    """configs/fashion_mnist_cpu.toml is the measured default recipe at 28×28 with a 10-minute
-    budget (BENCHMARKS.md): the same network, process and optimiser, nothing else changed."""
+    """configs/fashion_mnist_cpu.toml is the default recipe as measured on Fashion-MNIST at
+    28×28 with a 10-minute budget (BENCHMARKS.md): the same process and optimiser; it keeps the
+    self-attention and the batch of 64 that the digits default dropped after that measurement."""
     import dataclasses
     from pathlib import Path
 
@@ -342,10 +344,14 @@ def test_fashion_mnist_cpu_config_is_the_default_recipe_on_a_time_budget():
     config = resolve_config(root / "configs" / "fashion_mnist_cpu.toml")
     default = RunConfig()
     assert (config.data.source, config.data.image_size) == ("fashion-mnist", 28)
-    assert config.model == default.model and config.diffusion == default.diffusion
+    with_attention = dataclasses.replace(
+        default.model, attention=("none", "none", "full"), mid_attention="full"
+    )
+    assert config.model == with_attention and config.diffusion == default.diffusion
     train = dataclasses.asdict(config.train)
     changed = {k for k, v in dataclasses.asdict(default.train).items() if train[k] != v}
-    assert changed == {"steps", "sample_every", "time_limit_min"}
+    assert changed == {"steps", "sample_every", "time_limit_min", "batch_size"}
+    assert config.train.batch_size == 64
     assert config.train.time_limit_min == 10
 
 
@@ -374,7 +380,8 @@ def test_model_in_channels_follows_data_channels_unless_given():
 
 
 def test_the_default_depth_is_defined_once():
-    """The recipe's network is UNetConfig's at half the width: nothing else is restated."""
+    """The recipe's network is UNetConfig's at half the width without attention: nothing
+    else is restated."""
     import dataclasses
 
     from ddpmkit.config import RunConfig
@@ -382,7 +389,15 @@ def test_the_default_depth_is_defined_once():
 
     recipe = RunConfig().model
     assert (recipe.base_channels, UNetConfig().base_channels) == (16, 32)
-    assert dataclasses.replace(recipe, base_channels=32) == UNetConfig()
+    assert recipe.attention == ("none", "none", "none") and recipe.mid_attention == "none"
+    classic = UNetConfig()
+    assert (classic.attention, classic.mid_attention) == (("none", "none", "full"), "full")
+    assert (
+        dataclasses.replace(
+            recipe, base_channels=32, attention=classic.attention, mid_attention="full"
+        )
+        == UNetConfig()
+    )
     assert UNetConfig().blocks_per_resolution == 1
 
 
@@ -399,7 +414,8 @@ def test_the_default_recipe_is_the_measured_one_and_the_classes_stay_classic():
         "v",
         "p2",
     )
-    assert (run.train.warmup_steps, run.train.ema_decay, run.train.steps) == (50, 0.99, 4000)
+    assert (run.train.warmup_steps, run.train.ema_decay, run.train.steps) == (50, 0.99, 3000)
+    assert (run.train.batch_size, run.train.cpu_fused_adam) == (128, True)
     classic = DiffusionConfig()
     assert (classic.schedule, classic.prediction, classic.loss_weight) == ("linear", "eps", "none")
     assert (diffusion.num_steps, diffusion.variance, diffusion.loss) == (1000, "fixed_small", "l2")
@@ -514,3 +530,23 @@ def test_a_list_of_names_reads_as_in_a_config_file(text):
 def test_an_unclosed_list_is_one_clear_error(text):
     with pytest.raises(ConfigError, match=r"model.channel_mults must be a list like \[1, 2\]"):
         resolve_config(overrides=[f"model.channel_mults={text}"])
+
+
+def test_an_unknown_key_in_a_long_section_stays_one_readable_line():
+    """[train] has more keys than fit on a line: the message names how many there are and
+    lists the nearest first; every key is either shown or counted."""
+    import dataclasses
+
+    from ddpmkit.config import TrainConfig
+
+    keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(ConfigError) as err:
+        resolve_config(overrides=["train.nope=1"])
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400
+    assert f"[train] has {len(keys)} keys" in message
+    listed = message.split("nearest first: ")[1].rsplit(" and ", 1)
+    shown, rest = listed[0].split(), int(listed[1].split()[0])
+    assert set(shown) <= keys and len(shown) + rest == len(keys)
+    with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
+        resolve_config(overrides=["train.batchsize=1"])

@@ -100,7 +100,7 @@ def test_torchrun_eval_shards_samples_and_reference_features(shapes_npz, tmp_pat
     """The reference features are computed by the two processes (each its share) and cached;
     the file and the scores equal those of one process."""
     run = tmp_path / "run"
-    overrides = tiny_overrides(shapes_npz, "train.steps=4")  # not the default 4000 steps
+    overrides = tiny_overrides(shapes_npz, "train.steps=4")  # not the default 3000 steps
     assert main(["train", "--out", str(run), "--no-progress", *overrides]) == 0
     argv = ["eval", str(run), "--num-samples", "24", "--sampler", "ddim", "--steps", "3"]
     argv += ["--batch", "5", "--features", "digits", "--no-progress"]

@@ -46,8 +46,8 @@ MAX_EMA_STD = 0.28  # σ_rel of a power profile peaks near 0.3 (at γ ≈ −0.5
 class TrainConfig:
     """The optimisation loop (Ho et al. 2020, Appendix B, for the paper's values)."""
 
-    steps: int = 4000
-    batch_size: int = 64
+    steps: int = 3000
+    batch_size: int = 128
     lr: float = 2e-3
     lr_schedule: str = "cosine"  # after warm-up: "constant" (Ho et al.) or cosine decay to 0
     warmup_steps: int = 50
@@ -67,7 +67,7 @@ class TrainConfig:
     amp_dtype: str = "auto"  # auto: bf16 where native, else fp16 + GradScaler on CUDA | bf16 | fp16
     channels_last: bool = False  # NHWC memory format for the model and the batches
     compile: bool = False  # torch.compile the training model (inductor)
-    cpu_fused_adam: bool = False  # AdamW as one fused kernel on the CPU too (CUDA always fuses)
+    cpu_fused_adam: bool = True  # AdamW as one fused kernel on the CPU too (CUDA always fuses)
     log_every: int = 50
     sample_every: int = 1000  # 0: only at the end
     checkpoint_every: int = 1000  # 0: only at the end
@@ -169,9 +169,10 @@ class SampleConfig:
 
 
 def recipe_model() -> UNetConfig:
-    """The default recipe's network: :class:`UNetConfig`'s, at half its width (16 base
-    channels, 0.3M parameters), which trains 1.5-2x the steps per second on a CPU."""
-    return UNetConfig(base_channels=16)
+    """The default recipe's network: :class:`UNetConfig`'s at half its width (16 base
+    channels), without self-attention (0.28M parameters): 1.5-2x the steps per second of the
+    full width on a CPU, and 1.2x again without attention, at no loss per step on the digits."""
+    return UNetConfig(base_channels=16, attention=("none", "none", "none"), mid_attention="none")
 
 
 def recipe_diffusion() -> DiffusionConfig:
@@ -344,13 +345,32 @@ def _checked(what: str, build: Callable[[], _T]) -> _T:
         raise ConfigError(f"invalid {what}: {' '.join(str(err).split())}") from None
 
 
+KEY_LIST_CHARS = 300
+"""How much of one error line the keys of a section may take (the line stays readable)."""
+
+
 def _unknown_key(section: str, key: Any, names: set[str]) -> ConfigError:
-    """One line: the close matches of a misspelt key, else every key of its section."""
+    """One line: the close matches of a misspelt key, else the keys of its section — all of
+    them where they fit in :data:`KEY_LIST_CHARS`, else the nearest to what was typed first,
+    with the count of the rest."""
     close = difflib.get_close_matches(str(key), sorted(names), n=3)
     if close:
         hint = "did you mean " + " or ".join(f"'{section}.{k}'" for k in close) + "?"
-    else:
+    elif len(" ".join(names)) <= KEY_LIST_CHARS:
         hint = f"the keys of [{section}] are " + " ".join(sorted(names))
+    else:
+        nearest = sorted(
+            names, key=lambda k: (-difflib.SequenceMatcher(None, str(key), k).ratio(), k)
+        )
+        shown: list[str] = []
+        for name in nearest:
+            if len(" ".join([*shown, name])) > KEY_LIST_CHARS:
+                break
+            shown.append(name)
+        rest = len(names) - len(shown)
+        hint = (
+            f"[{section}] has {len(names)} keys; nearest first: {' '.join(shown)} and {rest} more"
+        )
     return ConfigError(f"unknown key '{section}.{_clean(key)}': {hint}")
 
 
