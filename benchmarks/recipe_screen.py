@@ -39,6 +39,8 @@ def variant(text: str) -> tuple[str, list[str]]:
     parts, depth, current = [], 0, ""
     for char in overrides:
         depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            raise SystemExit(f"--variant {text}: a ']' without its '['")
         if char == "," and depth == 0:
             parts.append(current)
             current = ""

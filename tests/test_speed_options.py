@@ -237,3 +237,25 @@ def test_a_resumed_run_runs_the_kernel_its_config_asks_for(shapes_npz, tmp_path,
     )
     resumed = _train(shapes_npz, tmp_path / "loop", "train.steps=3", *common, fused, resume=True)
     assert resumed.state.optimizer.param_groups[0]["fused"] is True
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cpu_loop_checkpoint_resumes_fused_on_cuda(shapes_npz, tmp_path):
+    """The fused CUDA kernel needs each state's step on the GPU: the kernel flags are set before
+    the state is loaded, so torch places the steps for the kernel that will run."""
+    common = ("train.checkpoint_every=2", "train.amp=false")
+    _train(
+        shapes_npz,
+        tmp_path / "run",
+        "train.steps=2",
+        *common,
+        "train.device=cpu",
+        "train.cpu_fused_adam=false",
+    )
+    resumed = _train(
+        shapes_npz, tmp_path / "run", "train.steps=3", *common, "train.device=cuda", resume=True
+    )
+    optimizer = resumed.state.optimizer
+    assert optimizer.param_groups[0]["fused"] is True
+    steps = [s["step"] for s in optimizer.state.values()]
+    assert steps and all(s.device.type == "cuda" for s in steps)

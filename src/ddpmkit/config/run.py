@@ -266,7 +266,14 @@ def _text_list(text: str, where: str) -> list[str]:
         if not (text.startswith("[") and text.endswith("]")):
             raise ConfigError(f"{where} must be a list like [1, 2] or 1,2, got {_show(text)}")
         text = text[1:-1]
-    return [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
+    return [_unquoted(v.strip()) for v in text.split(",") if v.strip()]
+
+
+def _unquoted(item: str) -> str:
+    """``"none"`` or ``'none'`` → ``none``; a quote without its partner stays (and fails)."""
+    if len(item) >= 2 and item[0] == item[-1] and item[0] in "'\"":
+        return item[1:-1]
+    return item
 
 
 def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:

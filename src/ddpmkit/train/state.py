@@ -233,21 +233,18 @@ class TrainState:
         if "optimizer" not in meta:
             raise RunDirError(f"{checkpoint.path}: the optimizer file lacks its metadata")
         # the kernel (fused, foreach) is this process's choice, not the checkpoint's: a run
-        # resumed on another device, or imported, runs the kernel its config and device ask for
-        kernels = [
-            {k: group[k] for k in ("fused", "foreach") if k in group}
-            for group in self.optimizer.param_groups
-        ]
+        # resumed on another device, or imported, runs the kernel its config and device ask for.
+        # Set before loading, so that torch places each state's step where that kernel wants it
+        # (the fused CUDA kernel needs it on the GPU)
+        saved = optimizer_from_tensors(checkpoint.tensors["optimizer"], meta["optimizer"])
+        for group, fresh in zip(saved["param_groups"], self.optimizer.param_groups, strict=False):
+            group.update({k: fresh[k] for k in ("fused", "foreach") if k in fresh})
         try:
-            self.optimizer.load_state_dict(
-                optimizer_from_tensors(checkpoint.tensors["optimizer"], meta["optimizer"])
-            )
+            self.optimizer.load_state_dict(saved)
         except (ValueError, KeyError, RuntimeError) as err:
             raise RunDirError(
                 f"{checkpoint.path}: the optimizer state does not fit: {err}"
             ) from None
-        for group, kernel in zip(self.optimizer.param_groups, kernels, strict=True):
-            group.update(kernel)
         train = checkpoint.tensors.get("train_state", {})
         if isinstance(self.timestep_sampler, LossSecondMomentSampler) and (
             "timesteps.losses" in train
