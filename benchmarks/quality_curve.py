@@ -91,7 +91,7 @@ def main() -> None:
         ax.set_ylabel("Fréchet distance (data set's CNN features)")
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
