@@ -316,8 +316,8 @@ RECIPE_CHOICES = {
 def test_shipped_configs_spell_out_what_a_default_change_could_move():
     """Every config in configs/ writes the recipe choices the default recipe has moved before
     (issue 16 moved width, attention, schedule, target, weighting, batch, warm-up and EMA), so
-    the next default
-    change cannot reach into a published recipe; the paper recipes weight nothing."""
+    the next default change cannot reach into a published recipe; the paper recipes weight
+    nothing."""
     import tomllib
     from pathlib import Path
 

@@ -236,10 +236,11 @@ class TrainState:
         # resumed on another device, or imported, runs the kernel its config and device ask for.
         # Set before loading, so that torch places each state's step where that kernel wants it
         # (the fused CUDA kernel needs it on the GPU)
-        saved = optimizer_from_tensors(checkpoint.tensors["optimizer"], meta["optimizer"])
-        for group, fresh in zip(saved["param_groups"], self.optimizer.param_groups, strict=False):
-            group.update({k: fresh[k] for k in ("fused", "foreach") if k in fresh})
         try:
+            saved = optimizer_from_tensors(checkpoint.tensors["optimizer"], meta["optimizer"])
+            groups = self.optimizer.param_groups  # a count that differs: load_state_dict says
+            for group, fresh in zip(saved["param_groups"], groups, strict=False):
+                group.update({k: fresh[k] for k in ("fused", "foreach") if k in fresh})
             self.optimizer.load_state_dict(saved)
         except (ValueError, KeyError, RuntimeError) as err:
             raise RunDirError(
