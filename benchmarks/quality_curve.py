@@ -49,6 +49,13 @@ def main() -> None:
     parser.add_argument("--peer", action="append", default=[])
     parser.add_argument("--label", action="append", default=[], help="VARIANT=legend text")
     parser.add_argument("--out", default="docs/quality_vs_time.png")
+    parser.add_argument(
+        "--legend",
+        action="append",
+        default=[],
+        help="legend location of each panel in order: matplotlib's (e.g. 'center right') or "
+        "'below' the axes; default 'best'",
+    )
     args = parser.parse_args()
     labels = dict(text.split("=", 1) for text in args.label)
     points: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -67,7 +74,8 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4), squeeze=False)
     print("| data set | recipe | minutes | seeds | FD per seed | median FD |")
     print("| --- | --- | ---: | ---: | --- | ---: |")
-    for ax, name in zip(axes[0], sets, strict=True):
+    legends = args.legend + ["best"] * (len(sets) - len(args.legend))
+    for ax, name, where in zip(axes[0], sets, legends, strict=False):
         drawn = [(key, by_time) for key, by_time in sorted(points.items()) if key[0] == name]
         for i, ((data, recipe), by_time) in enumerate(drawn):
             minutes = sorted(by_time)
@@ -91,10 +99,13 @@ def main() -> None:
         ax.set_ylabel("Fréchet distance (data set's CNN features)")
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        if where == "below":  # under the axes, where it can hide no point
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+        else:
+            ax.legend(fontsize=8, loc=where)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    fig.savefig(args.out, dpi=110, bbox_inches="tight")
     print(f"\nwrote {args.out}")
 
 

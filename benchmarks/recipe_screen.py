@@ -8,7 +8,9 @@ medians over seeds (a benchmark, not a test; one job at a time on a quiet machin
 
 Each variant is ``NAME=OVERRIDE[,OVERRIDE...]`` on top of ``--config`` and ``--base``; each run
 trains with ``train.time_limit_min=MINUTES`` (the cosine learning rate decays with the time
-used) and a step budget it cannot reach, then ``ddpm eval`` draws ``--n`` DDIM-50 samples from
+used) and a step budget it cannot reach (or, with ``--steps N``, for N steps with no time
+limit, so that variants of equal cost per step are compared free of the machine's drift in
+speed), then ``ddpm eval`` draws ``--n`` DDIM-50 samples from
 the EMA weights and scores them with the data set's features (digits CNN for digits, the
 Fashion-MNIST CNN against the test set for fashion-mnist). Printed: a markdown table of the
 Fréchet distance per seed with the median, the steps and images/s reached, the seconds of
@@ -84,7 +86,14 @@ def train_and_score(config: RunConfig, run: Path, n: int, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, required=True)
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--minutes", type=float, help="train each run for this many minutes")
+    budget.add_argument(
+        "--steps",
+        type=int,
+        help="train each run for this many steps instead (no time limit): variants that do not "
+        "change a step's cost are then compared free of the machine's drift in speed",
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variant", action="append", type=variant, required=True)
     parser.add_argument("--base", action="append", default=[], help="overrides for every run")
@@ -100,18 +109,26 @@ def main() -> None:
     if out.is_file():
         for line in out.read_text().splitlines():
             record = json.loads(line)
-            done[record["variant"], record["seed"], record["minutes"]] = record
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.minutes} min/run")
+            key = (record["variant"], record["seed"], record["minutes"], record.get("budget_steps"))
+            done[key] = record
+    if args.steps is not None:
+        budget_text, limit = (
+            f"{args.steps} steps",
+            ["train.time_limit_min=0", f"train.steps={args.steps}"],
+        )
+    else:
+        budget_text = f"{args.minutes:g} min"
+        limit = [f"train.time_limit_min={args.minutes}", "train.steps=1000000"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {budget_text}/run")
     for name, overrides in args.variant:
         for seed in seeds:
-            key = (name, seed, args.minutes)
-            run = Path(args.runs) / f"{name}-{args.minutes:g}min-seed{seed}"
+            key = (name, seed, args.minutes, args.steps)
+            run = Path(args.runs) / f"{name}-{budget_text.replace(' ', '')}-seed{seed}"
             every = [
                 *args.base,
                 *overrides,
                 f"train.seed={seed}",
-                f"train.time_limit_min={args.minutes}",
-                "train.steps=1000000",
+                *limit,
                 "train.sample_every=0",
                 "train.checkpoint_every=0",
             ]
@@ -125,7 +142,7 @@ def main() -> None:
                     print(f"{name} seed {seed}: reusing a line without a config digest (older)")
                 elif recorded != digest:
                     raise SystemExit(
-                        f"{out} holds {name} seed {seed} at {args.minutes:g} min with another "
+                        f"{out} holds {name} seed {seed} at {budget_text} with another "
                         "config (the defaults or the file moved): use another --out or name"
                     )
                 continue
@@ -133,6 +150,7 @@ def main() -> None:
                 "variant": name,
                 "seed": seed,
                 "minutes": args.minutes,
+                **({"budget_steps": args.steps} if args.steps is not None else {}),
                 "overrides": every,
                 "config_sha256": digest,
             }
@@ -141,15 +159,16 @@ def main() -> None:
             with out.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             print(f"{name} seed {seed}: FD {record['fd']:.3f}, {record['steps']} steps", flush=True)
-    print("\n| variant | FD per seed | median FD | steps (median) | img/s | minutes |")
+    print("\n| variant | FD per seed | median FD | steps (median) | img/s | budget |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name, _ in args.variant:
-        rows = [done[name, s, args.minutes] for s in seeds if (name, s, args.minutes) in done]
+        keys = [(name, s, args.minutes, args.steps) for s in seeds]
+        rows = [done[k] for k in keys if k in done]
         fds = [r["fd"] for r in rows]
         print(
             f"| {name} | {', '.join(f'{v:.3f}' for v in fds)} | {statistics.median(fds):.3f} | "
             f"{statistics.median(r['steps'] for r in rows):.0f} | "
-            f"{statistics.median(r['images_per_s'] or 0 for r in rows):.0f} | {args.minutes:g} |"
+            f"{statistics.median(r['images_per_s'] or 0 for r in rows):.0f} | {budget_text} |"
         )
 
 
