@@ -74,8 +74,10 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4), squeeze=False)
     print("| data set | recipe | minutes | seeds | FD per seed | median FD |")
     print("| --- | --- | ---: | ---: | --- | ---: |")
+    if len(args.legend) > len(sets):
+        raise SystemExit(f"{len(args.legend)} --legend for {len(sets)} panels ({', '.join(sets)})")
     legends = args.legend + ["best"] * (len(sets) - len(args.legend))
-    for ax, name, where in zip(axes[0], sets, legends, strict=False):
+    for ax, name, where in zip(axes[0], sets, legends, strict=True):
         drawn = [(key, by_time) for key, by_time in sorted(points.items()) if key[0] == name]
         for i, ((data, recipe), by_time) in enumerate(drawn):
             minutes = sorted(by_time)

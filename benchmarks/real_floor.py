@@ -2,7 +2,7 @@
 Fréchet distance of n samples (a benchmark, not a test).
 
     python benchmarks/real_floor.py [--data fashion-mnist] [--reference fashion-mnist:test] \
-        [--features fashion-mnist] [--n 1000] [--seeds 0,1,2]
+        [--size 28] [--channels 1] [--features fashion-mnist] [--n 1000] [--seeds 0,1,2]
 
 For each seed, ``--n`` images drawn without replacement from ``--data`` (NumPy's
 ``default_rng(seed).choice``) are scored like ``ddpm fid SAMPLE.npz REFERENCE --features F``:
@@ -28,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=1)
     parser.add_argument("--reference", default="fashion-mnist:test")
     parser.add_argument("--features", default="fashion-mnist")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args(argv)
-    data = load_dataset(DataConfig(source=args.data, image_size=args.size, channels=1))
+    data = load_dataset(DataConfig(source=args.data, image_size=args.size, channels=args.channels))
     images = data.images_uint8.permute(0, 2, 3, 1).numpy()  # NHWC, as ddpm fid reads an .npz
     print(f"{len(images)} images of {args.data}; {args.n} per draw against {args.reference}")
     print("| seed | FD | KID | precision / recall |\n| ---: | ---: | ---: | --- |")
