@@ -112,10 +112,8 @@ def main() -> None:
             key = (record["variant"], record["seed"], record["minutes"], record.get("budget_steps"))
             done[key] = record
     if args.steps is not None:
-        budget_text, limit = (
-            f"{args.steps} steps",
-            ["train.time_limit_min=0", f"train.steps={args.steps}"],
-        )
+        budget_text = f"{args.steps} steps"
+        limit = ["train.time_limit_min=0", f"train.steps={args.steps}"]
     else:
         budget_text = f"{args.minutes:g} min"
         limit = [f"train.time_limit_min={args.minutes}", "train.steps=1000000"]

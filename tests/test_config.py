@@ -345,13 +345,13 @@ def test_fashion_mnist_cpu_config_is_the_default_recipe_on_a_time_budget():
     config = resolve_config(root / "configs" / "fashion_mnist_cpu.toml")
     default = RunConfig()
     assert (config.data.source, config.data.image_size) == ("fashion-mnist", 28)
-    with_attention = dataclasses.replace(
+    wider_with_attention = dataclasses.replace(
         default.model,
         channel_mults=(1, 2, 4),
         attention=("none", "none", "full"),
         mid_attention="full",
     )
-    assert config.model == with_attention and config.diffusion == default.diffusion
+    assert config.model == wider_with_attention and config.diffusion == default.diffusion
     train = dataclasses.asdict(config.train)
     changed = {k for k, v in dataclasses.asdict(default.train).items() if train[k] != v}
     assert changed == {"steps", "sample_every", "time_limit_min", "batch_size"}
