@@ -98,9 +98,9 @@ def test_digits_input_size_invariance(digits_ext, digits16):
     downsizes with antialiased bilinear) give features close to the 16×16 ones.
 
     Measured on all 1797 digits with the shipped weights: relative L2 distance median 0.05,
-    max 0.12 (8×8 inputs, upscaled by the extractor: median 0.10, max 0.23), against a median
-    of 0.23 between two different images of the same digit and 0.93 between random pairs; the
-    predicted class never changes. The bounds below leave some room for retrained weights.
+    max 0.12, against a median of 0.23 between two different images of the same digit and 0.93
+    between random pairs; the predicted class never changes. The bounds below leave some room
+    for retrained weights. (8×8 inputs give the 16×16 features exactly: the next test.)
     """
     d32 = load_dataset(DataConfig(source="digits", image_size=32, channels=1), progress=False)
     f16 = digits_ext(digits16.images_uint8)
@@ -110,6 +110,28 @@ def test_digits_input_size_invariance(digits_ext, digits16):
     assert rel.max() < 0.25
     same_class = digits_ext.model.head(f32).argmax(1) == digits_ext.model.head(f16).argmax(1)
     assert same_class.float().mean() >= 0.99
+
+
+def test_native_8x8_digits_are_scored_as_the_16x16_digits(digits_ext, digits16):
+    """The extractor upscales as the data loader does, so the digits read at their own 8×8
+    give exactly the features of the digits ``ddpm train`` reads at 16×16: a run trained at
+    8×8 is scored on the scale of the 16×16 runs. Oracles: the loader's 16×16 images, and
+    Pillow's bicubic in float, clipped and rounded once, written out here."""
+    from PIL import Image
+
+    from ddpmkit.metrics.digits_cnn import preprocess
+
+    d8 = load_dataset(DataConfig(source="digits", image_size=8, channels=1), progress=False)
+    assert torch.equal(digits_ext(d8.images_uint8), digits_ext(digits16.images_uint8))
+    few = d8.images_uint8[:5]
+    expected = []
+    for image in few[:, 0].numpy().astype(np.float32):
+        up = np.asarray(Image.fromarray(image).resize((16, 16), Image.Resampling.BICUBIC))
+        expected.append(np.clip(np.rint(up), 0, 255) / np.float32(127.5) - 1)
+    np.testing.assert_array_equal(preprocess(few)[:, 0].numpy(), np.stack(expected))
+    # bilinear, what version 1 did, is not that rule
+    bilinear = torch.nn.functional.interpolate(few.float(), size=(16, 16), mode="bilinear")
+    assert not torch.equal(preprocess(few), bilinear / 127.5 - 1)
 
 
 def test_rgb_equals_replicated_gray(digits_ext, digits16):

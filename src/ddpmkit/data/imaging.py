@@ -49,11 +49,21 @@ def resize_square_float(arr: np.ndarray, size: int, *, progress: bool, desc: str
 
     Resampled in float per channel, then clipped to [0, 255] and rounded once.
     """
-    n, src, _, c = arr.shape
-    if src == size:
+    if arr.shape[1] == size:
         return arr
+    return resize_square_levels(arr, size, progress=progress, desc=desc).astype(np.uint8)
+
+
+def resize_square_levels(
+    arr: np.ndarray, size: int, *, progress: bool = False, desc: str = ""
+) -> np.ndarray:
+    """:func:`resize_square_float`'s rule on levels of any real dtype: ``(N, S, S, C)`` →
+    float32 ``(N, size, size, C)``, resampled in float per channel (bicubic up, Lanczos down),
+    clipped to [0, 255] and rounded once, so whole numbers; the feature extractors upscale
+    with it (:func:`ddpmkit.metrics.digits_cnn.preprocess`)."""
+    n, src, _, c = arr.shape
     filt = resample_filter(src, size)
-    out = np.empty((n, size, size, c), dtype=np.uint8)
+    out = np.empty((n, size, size, c), dtype=np.float32)
     for i in tqdm(range(n), desc=desc, unit="img", disable=not progress, leave=False):
         for k in range(c):
             img = Image.fromarray(np.ascontiguousarray(arr[i, :, :, k], dtype=np.float32))

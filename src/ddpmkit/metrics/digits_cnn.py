@@ -14,10 +14,16 @@ Preprocessing (:func:`preprocess`), the same for training and for feature extrac
 1. RGB → gray with the ITU-R 601-2 luma weights Pillow uses (19595, 38470, 7471) / 65536, kept
    in float (not rounded to 8 bits), so an RGB image whose three channels are equal gives exactly
    its gray level;
-2. resize to 16×16 with ``torch.nn.functional.interpolate(mode="bilinear", antialias=True,
-   align_corners=False)``, skipped when the input is already 16×16. Downscaling is antialiased
-   (the triangle kernel is widened by the scale factor, like Pillow's bilinear); upscaling
-   (e.g. from 8×8) is plain bilinear interpolation;
+2. resize to 16×16, skipped when the input is already 16×16. Upscaling (e.g. the digits'
+   own 8×8) follows the data loader's rule (:func:`ddpmkit.data.imaging.resize_square_levels`:
+   Pillow's bicubic in float, clipped to [0, 255], rounded once), so images at a data set's
+   native size are seen exactly as ``ddpm train`` presents that data set at 16×16: the 8×8
+   digits give the features of the 16×16 digits, and a run trained at 8×8 is scored like the
+   16×16 runs. Downscaling is ``torch.nn.functional.interpolate(mode="bilinear",
+   antialias=True, align_corners=False)`` (the triangle kernel widened by the scale factor,
+   like Pillow's bilinear). Version 1 upscaled with plain bilinear interpolation; the two
+   versions agree on every image already at the input size, which is all the classifiers were
+   trained on;
 3. scale the levels 0..255 to [-1, 1]: ``x / 127.5 - 1`` (as :func:`ddpmkit.data.from_uint8`).
 
 Any change to these steps must bump :data:`PREPROCESS_VERSION`, which enters the extractor's
@@ -30,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ddpmkit.data.imaging import resize_square_levels
 
 __all__ = [
     "FEATURE_DIM",
@@ -46,7 +54,10 @@ INPUT_SIZE = 16
 FEATURE_DIM = 128
 NUM_CLASSES = 10
 HELD_OUT_FRACTION = 0.2
-PREPROCESS_VERSION = "digits-pre-v1: luma601 float, bilinear antialias to 16x16, x/127.5-1"
+PREPROCESS_VERSION = (
+    "digits-pre-v2: luma601 float, up: loader bicubic float clip round, down: bilinear "
+    "antialias; to 16x16, x/127.5-1"
+)
 
 _LUMA = (19595.0, 38470.0, 7471.0)  # ITU-R 601-2 × 65536, as Pillow's convert("L")
 
@@ -108,7 +119,11 @@ def preprocess(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
         w = torch.tensor(_LUMA, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         # the weighted sum of integers is exact in float32 (< 2**24), so gray-as-RGB is exact
         x = (x * w).sum(dim=1, keepdim=True) / 65536.0
-    if x.shape[-1] != size or x.shape[-2] != size:
+    if x.shape[-1] < size:
+        levels = x.permute(0, 2, 3, 1).cpu().numpy()
+        up = resize_square_levels(levels, size)  # the data loader's upscaling
+        x = torch.from_numpy(up).permute(0, 3, 1, 2).to(x.device)
+    elif x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(
             x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )

@@ -9,8 +9,8 @@ Trained by ``tools/train_fashion_classifier.py`` on the 60,000
 training images of Fashion-MNIST (Xiao et al. 2017) and measured on its 10,000 test images;
 the weights ship in ``weights/fashion_cnn.safetensors`` with the test accuracy and the
 real-vs-real floors in their metadata. Preprocessing is the digits one at 28×28
-(:func:`~ddpmkit.metrics.digits_cnn.preprocess` with ``size=28``): luma, antialiased bilinear
-resize, ``x / 127.5 - 1``.
+(:func:`~ddpmkit.metrics.digits_cnn.preprocess` with ``size=28``): luma, the data loader's
+upscaling or an antialiased bilinear downscaling, ``x / 127.5 - 1``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from ddpmkit.metrics.digits_cnn import DigitsCNN, preprocess
 INPUT_SIZE = 28
 WIDTHS = (32, 64, 128)
 POOL = 4
-PREPROCESS_VERSION = "fashion-pre-v1: luma601 float, bilinear antialias to 28x28, x/127.5-1"
+PREPROCESS_VERSION = (
+    "fashion-pre-v2: luma601 float, up: loader bicubic float clip round, down: bilinear "
+    "antialias; to 28x28, x/127.5-1"
+)
 
 
 def fashion_cnn() -> DigitsCNN:
