@@ -554,3 +554,24 @@ def test_an_unknown_key_in_a_long_section_stays_one_readable_line():
     assert set(shown) <= keys and len(shown) + rest == len(keys)
     with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
         resolve_config(overrides=["train.batchsize=1"])
+
+
+def test_digits_8x8_config_is_the_default_recipe_at_native_resolution():
+    """configs/digits_8x8.toml is the default recipe on the digits' own 8×8 pixels, on a
+    two-level U-Net, with a 60-s budget (BENCHMARKS.md): the same process and optimiser, and
+    a network that differs from the default's only in its levels."""
+    import dataclasses
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    config = resolve_config(root / "configs" / "digits_8x8.toml")
+    default = RunConfig()
+    assert (config.data.source, config.data.image_size) == ("digits", 8)
+    two_levels = dataclasses.replace(
+        default.model, channel_mults=(1, 2), attention=("none", "none")
+    )
+    assert config.model == two_levels and config.diffusion == default.diffusion
+    train = dataclasses.asdict(config.train)
+    changed = {k for k, v in dataclasses.asdict(default.train).items() if train[k] != v}
+    assert changed == {"steps", "sample_every", "time_limit_min"}
+    assert config.train.time_limit_min == 1
