@@ -51,19 +51,25 @@ def resize_square_float(arr: np.ndarray, size: int, *, progress: bool, desc: str
     """
     if arr.shape[1] == size:
         return arr
-    return resize_square_levels(arr, size, progress=progress, desc=desc).astype(np.uint8)
+    return _resample_into(np.uint8, arr, size, progress=progress, desc=desc)
 
 
-def resize_square_levels(
-    arr: np.ndarray, size: int, *, progress: bool = False, desc: str = ""
-) -> np.ndarray:
+def resize_square_levels(arr: np.ndarray, size: int) -> np.ndarray:
     """:func:`resize_square_float`'s rule on levels of any real dtype: ``(N, S, S, C)`` →
     float32 ``(N, size, size, C)``, resampled in float per channel (bicubic up, Lanczos down),
     clipped to [0, 255] and rounded once, so whole numbers; the feature extractors upscale
     with it (:func:`ddpmkit.metrics.digits_cnn.preprocess`)."""
+    return _resample_into(np.float32, arr, size, progress=False, desc="")
+
+
+def _resample_into(
+    dtype: type, arr: np.ndarray, size: int, *, progress: bool, desc: str
+) -> np.ndarray:
+    """The one resampling loop, written straight into an array of ``dtype`` (uint8 for the
+    loaders' images: no float copy of a whole data set)."""
     n, src, _, c = arr.shape
     filt = resample_filter(src, size)
-    out = np.empty((n, size, size, c), dtype=np.float32)
+    out = np.empty((n, size, size, c), dtype=dtype)
     for i in tqdm(range(n), desc=desc, unit="img", disable=not progress, leave=False):
         for k in range(c):
             img = Image.fromarray(np.ascontiguousarray(arr[i, :, :, k], dtype=np.float32))
