@@ -333,6 +333,14 @@ def test_shipped_configs_spell_out_what_a_default_change_could_move():
         assert resolve_config(root / f"{name}.toml").diffusion.loss_weight == "none"
 
 
+def _train_keys_off_the_default(config: RunConfig) -> set[str]:
+    """The [train] keys where a shipped config differs from ``RunConfig()``."""
+    import dataclasses
+
+    train, default = dataclasses.asdict(config.train), dataclasses.asdict(RunConfig().train)
+    return {k for k, v in default.items() if train[k] != v}
+
+
 def test_fashion_mnist_cpu_config_is_the_default_recipe_on_a_time_budget():
     """configs/fashion_mnist_cpu.toml is the default recipe as measured on Fashion-MNIST at
     28×28 with a 10-minute budget (BENCHMARKS.md): the same process and optimiser; it keeps the
@@ -352,8 +360,7 @@ def test_fashion_mnist_cpu_config_is_the_default_recipe_on_a_time_budget():
         mid_attention="full",
     )
     assert config.model == wider_with_attention and config.diffusion == default.diffusion
-    train = dataclasses.asdict(config.train)
-    changed = {k for k, v in dataclasses.asdict(default.train).items() if train[k] != v}
+    changed = _train_keys_off_the_default(config)
     assert changed == {"steps", "sample_every", "time_limit_min", "batch_size"}
     assert config.train.batch_size == 64
     assert config.train.time_limit_min == 10
@@ -571,7 +578,5 @@ def test_digits_8x8_config_is_the_default_recipe_at_native_resolution():
         default.model, channel_mults=(1, 2), attention=("none", "none")
     )
     assert config.model == two_levels and config.diffusion == default.diffusion
-    train = dataclasses.asdict(config.train)
-    changed = {k for k, v in dataclasses.asdict(default.train).items() if train[k] != v}
-    assert changed == {"steps", "sample_every", "time_limit_min"}
+    assert _train_keys_off_the_default(config) == {"steps", "sample_every", "time_limit_min"}
     assert config.train.time_limit_min == 1
