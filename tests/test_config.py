@@ -251,6 +251,13 @@ def test_image_size_must_fit_the_unet_depth():
     assert resolve_config(overrides=["data.image_size=10", *SMALL_MODEL]).data.image_size == 10
     with pytest.raises(ConfigError, match="multiple of 2"):
         resolve_config(overrides=["data.image_size=9", *SMALL_MODEL])
+    # on 2x2 patches every level halves a size that the patching has already halved
+    patched = [*three, "model.patch_size=2"]
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides=["data.image_size=28", *patched])
+    message = str(info.value)
+    assert "on 2x2 patches" in message and "multiple of 8" in message
+    assert resolve_config(overrides=["data.image_size=24", *patched]).model.patch_size == 2
 
 
 def test_user_errors_are_ddpmkit_errors():

@@ -84,6 +84,7 @@ def test_missing_keys_take_unet2dmodel_defaults() -> None:
     ("options", "named"),
     [
         ({"block_type": "convnext"}, "block_type='convnext'"),
+        ({"patch_size": 2}, "patch_size=2"),
         ({"attention": ("none", "linear", "full")}, "'linear'"),
         ({"mid_attention": "linear"}, "'linear'"),
         ({"channel_mults": (2, 2, 4)}, "channel_mults starts with 2"),

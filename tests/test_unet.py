@@ -110,6 +110,63 @@ def test_bad_sizes_raise(size: tuple[int, int]) -> None:
         model(torch.randn(1, 1, *size), 0)
 
 
+def _space_to_depth(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, pH, pW) -> (B, C·p², H, W): channel c·p² + i·p + j holds pixel (p·h + i, p·w + j)."""
+    b, c, hp, wp = x.shape
+    h, w = hp // p, wp // p
+    return x.reshape(b, c, h, p, w, p).permute(0, 1, 3, 5, 2, 4).reshape(b, c * p * p, h, w)
+
+
+def _depth_to_space(x: torch.Tensor, p: int) -> torch.Tensor:
+    """The inverse of :func:`_space_to_depth`."""
+    b, cpp, h, w = x.shape
+    c = cpp // (p * p)
+    return x.reshape(b, c, p, p, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h * p, w * p)
+
+
+@pytest.mark.parametrize("learned_variance", [False, True])
+@pytest.mark.parametrize(("in_channels", "patch"), [(1, 2), (3, 2), (1, 4)])
+def test_patches_are_the_network_on_space_to_depth_pixels(
+    in_channels: int, patch: int, learned_variance: bool
+) -> None:
+    # the patched U-Net is the same network run on the image's p×p patches stacked as channels,
+    # its output channels laid back out as pixels: a U-Net of C·p² channels and no patching
+    # holds the very same parameters (state-dict shapes equal) and must agree with it
+    patched = UNet(
+        small_config(in_channels=in_channels, patch_size=patch, learned_variance=learned_variance)
+    ).eval()
+    randomize_zero_params(patched)
+    plain = UNet(
+        small_config(in_channels=in_channels * patch**2, learned_variance=learned_variance)
+    ).eval()
+    plain.load_state_dict(patched.state_dict())
+    x = torch.randn(3, in_channels, 8 * patch, 4 * patch)
+    t = torch.tensor([0, 400, 999])
+    with torch.no_grad():
+        got = patched(x, t)
+        want = _depth_to_space(plain(_space_to_depth(x, patch), t), patch)
+    assert got.shape == (3, patched.config.out_channels, 8 * patch, 4 * patch)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # the ε half of a learned-variance output is the first C channels at every pixel
+    if learned_variance:
+        eps_channels = _depth_to_space(
+            plain(_space_to_depth(x, patch), t)[:, : in_channels * patch**2], patch
+        )
+        torch.testing.assert_close(got[:, :in_channels], eps_channels, rtol=0, atol=0)
+
+
+def test_patches_change_the_size_multiple_and_the_summary() -> None:
+    model = UNet(small_config(patch_size=2))
+    assert model.config.size_multiple == 4
+    assert model(torch.randn(1, 1, 12, 4), 5).shape == (1, 1, 12, 4)
+    with pytest.raises(ConfigError, match="multiples of 4"):
+        model(torch.randn(1, 1, 6, 8), 5)
+    assert "2x2 patches" in model.describe()
+    assert "patches" not in UNet(small_config()).describe()
+    # a fresh patched model still predicts exactly zero (zero-initialised output conv)
+    assert not model(torch.randn(2, 1, 8, 8), 3).any()
+
+
 def test_single_level_accepts_any_size() -> None:
     model = UNet(small_config(channel_mults=(1,), attention=("full",)))
     assert model(torch.randn(1, 1, 5, 7), 3).shape == (1, 1, 5, 7)
@@ -175,6 +232,8 @@ def test_config_json_round_trip_and_state_dict() -> None:
         (dict(channel_mults=()), "channel_mults must be a non-empty list"),
         (dict(channel_mults=(1, 0)), "channel_mults must hold integers >= 1"),
         (dict(learned_variance="yes"), "learned_variance must be true or false"),
+        (dict(patch_size=0), "patch_size must be an integer >= 1"),
+        (dict(patch_size=2.0), "patch_size must be an integer >= 1"),
     ],
 )
 def test_bad_config_raises(overrides: dict[str, object], match: str) -> None:

@@ -51,6 +51,7 @@ class UNetConfig:
     time_freq_shift: int = 1  # 0 or 1: frequencies exp(-ln(10⁴)·i/(half − shift))
     time_frequencies: str = "ddpmkit"  # float32 rounding of those: "ddpmkit" or "diffusers"
     checkpointing: bool = False  # recompute each layer in backward instead of keeping activations
+    patch_size: int = 1  # > 1: the network runs on p x p patches as channels (space-to-depth)
 
     def __post_init__(self) -> None:
         for name in ("channel_mults", "attention"):
@@ -78,8 +79,8 @@ class UNetConfig:
 
     @property
     def size_multiple(self) -> int:
-        """Input height and width must be multiples of this: ``2 ** (levels - 1)``."""
-        return 2 ** (self.num_levels - 1)
+        """Input height and width must be multiples of this: ``patch_size * 2 ** (levels - 1)``."""
+        return self.patch_size * 2 ** (self.num_levels - 1)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad value."""
@@ -94,6 +95,7 @@ class UNetConfig:
             "attention_heads",
             "norm_groups",
             "convnext_mult",
+            "patch_size",
         ):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:

@@ -201,11 +201,17 @@ class RunConfig:
                 f"model.in_channels ({self.model.in_channels}) must equal data.channels "
                 f"({self.data.channels})"
             )
-        multiple = 2 ** (len(self.model.channel_mults) - 1)
+        multiple = self.model.size_multiple
         if self.data.image_size % multiple:
+            patches = (
+                f" on {self.model.patch_size}x{self.model.patch_size} patches"
+                if self.model.patch_size > 1
+                else ""
+            )
             raise ConfigError(
                 f"data.image_size {self.data.image_size} does not fit a U-Net with "
-                f"{len(self.model.channel_mults)} levels: it must be a multiple of {multiple}"
+                f"{len(self.model.channel_mults)} levels{patches}: it must be a multiple of "
+                f"{multiple}"
             )
         if self.diffusion.process == "edm" and self.train.timestep_sampler != "uniform":
             raise ConfigError(

@@ -8,6 +8,13 @@ each block concatenating a skip connection popped from the down path; GN→SiLU�
 residual branches, attention projections and output conv are zero-initialised, so a fresh model
 predicts exactly zero.
 
+``patch_size`` p > 1 runs the whole network on p×p patches stacked as channels (space-to-depth):
+an H×W×C image enters as (H/p)×(W/p)×Cp² (``pixel_unshuffle``) and the output conv's Cp²
+channels are laid back out as H×W×C (``pixel_shuffle``), so no feature map has the image's full
+resolution (Hoogeboom et al. 2023, "simple diffusion", downsample at the input instead of
+running high-resolution feature maps; their 2×2 Haar wavelet is this up to a fixed orthogonal
+mix of the 4 channels, which the first conv can learn).
+
 Options for reproducing other implementations exactly (all default to the original behaviour):
 ``norm_eps`` (GroupNorm epsilon), ``downsample_padding`` ("same": TensorFlow-style padding of
 the stride-2 convs) and the time embedding's ``time_flip_sin_to_cos``, ``time_freq_shift`` and
@@ -123,7 +130,8 @@ class UNet(nn.Module):
         levels = config.level_channels
         last = len(levels) - 1
         ch = levels[0]
-        self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+        patch_area = config.patch_size**2
+        self.conv_in = nn.Conv2d(config.in_channels * patch_area, ch, 3, padding=1)
         skip_channels = [ch]
         self.down = nn.ModuleList()
         for level, (out_ch, kind) in enumerate(zip(levels, config.attention, strict=True)):
@@ -162,7 +170,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             GroupNorm(config.norm_groups, ch, eps=config.norm_eps),
             nn.SiLU(),
-            zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1)),
+            zero_module(nn.Conv2d(ch, config.out_channels * patch_area, 3, padding=1)),
         )
 
     def _check_input(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
@@ -222,7 +230,8 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(y.to(t.device)).to(emb.dtype)
         elif y is not None:
             raise ConfigError("this U-Net is unconditional (model.num_classes = 0): pass no labels")
-        h = self.conv_in(x)
+        patch = self.config.patch_size
+        h = self.conv_in(x if patch == 1 else nn.functional.pixel_unshuffle(x, patch))
         hs = [h]
         run = self._run_layer
         for layer in self.down:
@@ -243,7 +252,8 @@ class UNet(nn.Module):
         return layer(h, emb)
 
     def output_layer(self, h: torch.Tensor) -> torch.Tensor:
-        """GN→SiLU→conv3x3 out, in the dtype of its weights with autocast switched off.
+        """GN→SiLU→conv3x3 out, in the dtype of its weights with autocast switched off (and, with
+        ``patch_size`` > 1, the patches laid back out as pixels).
 
         Under bfloat16 autocast (``train.amp``) the body runs in bf16, whose 8-bit mantissa would
         round ε̂ to about 3 significant digits; the loss compares ε̂ with ε, so the last layer
@@ -251,7 +261,9 @@ class UNet(nn.Module):
         Without autocast nothing changes (a bf16 model still returns bf16).
         """
         with autocast_disabled(h.device):
-            return self.out(h.to(self.out[-1].weight.dtype))
+            out = self.out(h.to(self.out[-1].weight.dtype))
+        patch = self.config.patch_size
+        return out if patch == 1 else nn.functional.pixel_shuffle(out, patch)
 
     def num_parameters(self) -> int:
         """Number of parameters (all are trainable)."""
@@ -269,5 +281,6 @@ class UNet(nn.Module):
             f"{cfg.blocks_per_resolution} {cfg.block_type} blocks/level, "
             f"attention {'/'.join(cfg.attention)} + mid {cfg.mid_attention} ({heads}), "
             f"time {cfg.time_conditioning}, {cfg.in_channels}→{cfg.out_channels} channels"
+            + (f", {cfg.patch_size}x{cfg.patch_size} patches" if cfg.patch_size > 1 else "")
             + (f", {cfg.num_classes} classes + null" if cfg.num_classes else "")
         )
