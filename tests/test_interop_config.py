@@ -80,6 +80,14 @@ def test_missing_keys_take_unet2dmodel_defaults() -> None:
     assert config.norm_eps == 1e-5 and config.downsample_padding == "symmetric"
 
 
+def test_patched_unet_has_no_diffusers_weight_names() -> None:
+    from ddpmkit.interop.diffusers_weights import to_diffusers
+
+    config = UNetConfig(channel_mults=(1, 2), attention=("none", "full"), patch_size=2)
+    with pytest.raises(InteropError, match="model.patch_size=2"):
+        to_diffusers(UNet(config).state_dict(), config)
+
+
 @pytest.mark.parametrize(
     ("options", "named"),
     [

@@ -147,24 +147,48 @@ def test_patches_are_the_network_on_space_to_depth_pixels(
         want = _depth_to_space(plain(_space_to_depth(x, patch), t), patch)
     assert got.shape == (3, patched.config.out_channels, 8 * patch, 4 * patch)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    # the ε half of a learned-variance output is the first C channels at every pixel
-    if learned_variance:
-        eps_channels = _depth_to_space(
-            plain(_space_to_depth(x, patch), t)[:, : in_channels * patch**2], patch
-        )
-        torch.testing.assert_close(got[:, :in_channels], eps_channels, rtol=0, atol=0)
+    # the output conv's first C·p² channels are the first C image channels (ε before the
+    # variance's v at every pixel): mark them by the conv's bias alone
+    conv_out = patched.out[-1]
+    with torch.no_grad():
+        conv_out.weight.zero_()
+        conv_out.bias.zero_()
+        conv_out.bias[: in_channels * patch**2] = 1.0
+        marked = patched(x, t)
+    assert (marked[:, :in_channels] == 1).all() and (marked[:, in_channels:] == 0).all()
 
 
 def test_patches_change_the_size_multiple_and_the_summary() -> None:
     model = UNet(small_config(patch_size=2))
     assert model.config.size_multiple == 4
     assert model(torch.randn(1, 1, 12, 4), 5).shape == (1, 1, 12, 4)
-    with pytest.raises(ConfigError, match="multiples of 4"):
+    with pytest.raises(
+        ConfigError, match="a U-Net with 2 levels on 2x2 patches: .* multiples of 4"
+    ):
         model(torch.randn(1, 1, 6, 8), 5)
     assert "2x2 patches" in model.describe()
     assert "patches" not in UNet(small_config()).describe()
     # a fresh patched model still predicts exactly zero (zero-initialised output conv)
     assert not model(torch.randn(2, 1, 8, 8), 3).any()
+    # the setting travels with the config; a config saved before it existed reads as 1
+    saved = model.config.to_dict()
+    assert UNetConfig.from_dict(json.loads(json.dumps(saved))).patch_size == 2
+    del saved["patch_size"]
+    assert UNetConfig.from_dict(saved).patch_size == 1
+
+
+def test_patched_bf16_training_step_with_checkpointing() -> None:
+    # under bf16 autocast, with activations recomputed in backward, the patched U-Net still
+    # returns float32 (the output layer and the depth-to-space after it run in float32) and
+    # the gradient reaches the patch-embedding conv and every other parameter
+    model = UNet(small_config(patch_size=2, checkpointing=True)).train()
+    randomize_zero_params(model)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, torch.tensor([3, 700]))
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    (out - x).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_single_level_accepts_any_size() -> None:

@@ -77,6 +77,11 @@ class UNetConfig:
     def level_channels(self) -> tuple[int, ...]:
         return tuple(self.base_channels * m for m in self.channel_mults)
 
+    def fit_description(self) -> str:
+        """What an image size must fit: ``"a U-Net with N levels"`` (+ ``" on pxp patches"``)."""
+        patches = f" on {self.patch_size}x{self.patch_size} patches" if self.patch_size > 1 else ""
+        return f"a U-Net with {self.num_levels} levels{patches}"
+
     @property
     def size_multiple(self) -> int:
         """Input height and width must be multiples of this: ``patch_size * 2 ** (levels - 1)``."""

@@ -203,15 +203,9 @@ class RunConfig:
             )
         multiple = self.model.size_multiple
         if self.data.image_size % multiple:
-            patches = (
-                f" on {self.model.patch_size}x{self.model.patch_size} patches"
-                if self.model.patch_size > 1
-                else ""
-            )
             raise ConfigError(
-                f"data.image_size {self.data.image_size} does not fit a U-Net with "
-                f"{len(self.model.channel_mults)} levels{patches}: it must be a multiple of "
-                f"{multiple}"
+                f"data.image_size {self.data.image_size} does not fit "
+                f"{self.model.fit_description()}: it must be a multiple of {multiple}"
             )
         if self.diffusion.process == "edm" and self.train.timestep_sampler != "uniform":
             raise ConfigError(

@@ -9,11 +9,11 @@ residual branches, attention projections and output conv are zero-initialised, s
 predicts exactly zero.
 
 ``patch_size`` p > 1 runs the whole network on p×p patches stacked as channels (space-to-depth):
-an H×W×C image enters as (H/p)×(W/p)×Cp² (``pixel_unshuffle``) and the output conv's Cp²
-channels are laid back out as H×W×C (``pixel_shuffle``), so no feature map has the image's full
-resolution (Hoogeboom et al. 2023, "simple diffusion", downsample at the input instead of
-running high-resolution feature maps; their 2×2 Haar wavelet is this up to a fixed orthogonal
-mix of the 4 channels, which the first conv can learn).
+an H×W×C image enters as (H/p)×(W/p)×Cp² (``pixel_unshuffle``) and the output conv's
+``out_channels``·p² channels are laid back out at H×W (``pixel_shuffle``), so no feature map
+has the image's full resolution (Hoogeboom et al. 2023, "simple diffusion": downsample at the
+input instead of running high-resolution feature maps; their 2×2 Haar wavelet is this up to a
+fixed orthogonal mix of the 4 channels, which the first conv can learn).
 
 Options for reproducing other implementations exactly (all default to the original behaviour):
 ``norm_eps`` (GroupNorm epsilon), ``downsample_padding`` ("same": TensorFlow-style padding of
@@ -194,7 +194,7 @@ class UNet(nn.Module):
             if len(examples) == 1:
                 examples.append(examples[0] + m)
             raise ConfigError(
-                f"input {h}x{w} does not fit a U-Net with {cfg.num_levels} levels: height and "
+                f"input {h}x{w} does not fit {cfg.fit_description()}: height and "
                 f"width must be multiples of {m} (e.g. {examples[0]}, {examples[1]})"
             )
         if not isinstance(t, torch.Tensor):
