@@ -572,8 +572,8 @@ def test_an_unknown_key_in_a_long_section_stays_one_readable_line():
 
 def test_digits_8x8_config_is_the_default_recipe_at_native_resolution():
     """configs/digits_8x8.toml is the default recipe on the digits' own 8×8 pixels, on a
-    two-level U-Net, with a 60-s budget (BENCHMARKS.md): the same process and optimiser, and
-    a network that differs from the default's only in its levels."""
+    two-level U-Net, with a 60-s budget and a learning rate of 3e-3 (BENCHMARKS.md): the same
+    process and optimiser, and a network that differs from the default's only in its levels."""
     import dataclasses
     from pathlib import Path
 
@@ -585,5 +585,10 @@ def test_digits_8x8_config_is_the_default_recipe_at_native_resolution():
         default.model, channel_mults=(1, 2), attention=("none", "none")
     )
     assert config.model == two_levels and config.diffusion == default.diffusion
-    assert _train_keys_off_the_default(config) == {"steps", "sample_every", "time_limit_min"}
-    assert config.train.time_limit_min == 1
+    assert _train_keys_off_the_default(config) == {
+        "steps",
+        "sample_every",
+        "time_limit_min",
+        "lr",
+    }
+    assert config.train.time_limit_min == 1 and config.train.lr == 3e-3
