@@ -183,7 +183,7 @@ def unet_to_diffusers(cfg: UNetConfig, sample_size: int) -> dict[str, Any]:
         raise InteropError(
             f"{where}: model.block_type={cfg.block_type!r} (it has ResNet blocks only)"
         )
-    if getattr(cfg, "patch_size", 1) != 1:
+    if cfg.patch_size != 1:
         raise InteropError(
             f"{where}: model.patch_size={cfg.patch_size} (it runs on pixels, not patches)"
         )

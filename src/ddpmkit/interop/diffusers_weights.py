@@ -74,7 +74,7 @@ def _check_supported(cfg: UNetConfig) -> None:
         raise InteropError(
             "only U-Nets of ResNet blocks and full attention have diffusers weight names"
         )
-    if getattr(cfg, "patch_size", 1) != 1:
+    if cfg.patch_size != 1:
         raise InteropError(
             f"a U-Net on patches (model.patch_size={cfg.patch_size}) has no diffusers weight "
             "names: UNet2DModel's conv_in and conv_out work on pixels"
