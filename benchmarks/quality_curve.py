@@ -9,8 +9,10 @@ drawn per data set (a benchmark's figure; it trains nothing).
 Each results line is one run (variant, seed, minutes, Fréchet distance); a point is the median
 over seeds of a (data set, recipe, minutes), drawn with the range of its seeds (recipes measured
 at the same minutes are drawn a little apart). A recipe is
-drawn only when ``--label NAME=TEXT`` names it (the variants of a screen are many). Prints the
-table of the points.
+drawn only when ``--label NAME=TEXT`` names it (the variants of a screen are many); a peer's line
+(one with a ``peer`` field) is drawn under the peer's name. Either flag reads both kinds of line,
+so one file may hold both (``benchmarks/results/``, where the measured lines are kept). Prints
+the table of the points.
 """
 
 from __future__ import annotations
@@ -59,14 +61,14 @@ def main() -> None:
     args = parser.parse_args()
     labels = dict(text.split("=", 1) for text in args.label)
     points: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for path in args.results:
+    for path in dict.fromkeys(args.results + args.peer):  # a file named twice is read once
         for record in records(path):
-            if record.get("variant") in labels:
+            if "peer" in record:
+                key = (data_set(record), record["peer"])
+            elif record.get("variant") in labels:
                 key = (data_set(record), labels[record["variant"]])
-                points[key][record["minutes"]].append(record["fd"])
-    for path in args.peer:
-        for record in records(path):
-            key = (data_set(record), record["peer"])
+            else:
+                continue
             points[key][record["minutes"]].append(record["fd"])
     sets = sorted({d for d, _ in points})
     if not sets:
