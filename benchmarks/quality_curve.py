@@ -48,7 +48,12 @@ def records(path: str) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", action="append", default=[])
-    parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        help="read like --results (both kinds of line); kept for the commands in BENCHMARKS.md",
+    )
     parser.add_argument("--label", action="append", default=[], help="VARIANT=legend text")
     parser.add_argument("--out", default="docs/quality_vs_time.png")
     parser.add_argument(
