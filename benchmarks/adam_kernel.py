@@ -1,12 +1,13 @@
-"""AdamW's step on the CPU: torch's per-parameter loop against one fused kernel, on the default
-network (a benchmark, not a test; quiet machine).
+"""The optimizer's step on the CPU: AdamW's per-parameter loop, AdamW's fused kernel and Muon with
+AdamW (``train.optimizer=muon``), on the default network or a config's (a benchmark, not a test;
+quiet machine).
 
-    python benchmarks/adam_kernel.py [--repeats 30] [--rounds 5] [--batch 128]
+    python benchmarks/adam_kernel.py [--repeats 30] [--rounds 5] [--batch 128] [--config FILE]
 
 Times the optimizer step alone and the whole training step (forward under the default's bf16
-autocast, loss, backward, clipping, AdamW), the two kernels interleaved round by round (ABAB) so
-that a change in the machine's speed hits both; medians over rounds of the median of
-``--repeats`` steps.
+autocast, loss, backward, clipping, the optimizer), the optimizers interleaved round by round
+(ABCABC) so that a change in the machine's speed hits all; medians over rounds of the median of
+``--repeats`` steps. Each optimizer is built as the trainer builds it (``make_optimizer``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,22 @@ import time
 
 import torch
 
-from ddpmkit.config import RunConfig
+from ddpmkit.config import RunConfig, resolve_config
 from ddpmkit.nn import UNet
+from ddpmkit.train.setup import make_optimizer
+
+OPTIMIZERS = {
+    "loop": ["train.cpu_fused_adam=false"],
+    "fused": ["train.cpu_fused_adam=true"],
+    "muon": ["train.optimizer=muon"],
+}
 
 
-def step_times(fused: bool | None, batch: int, repeats: int) -> tuple[float, float]:
-    """(ms per AdamW step, ms per training step) for one kernel."""
-    config = RunConfig()
+def step_times(config: RunConfig, batch: int, repeats: int) -> tuple[float, float]:
+    """(ms per optimizer step, ms per training step) for ``config``'s network and optimizer."""
     torch.manual_seed(0)
     model = UNet(config.model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+    optimizer = make_optimizer(model, config.train, torch.device("cpu"))
     size = config.data.image_size
     x = torch.rand(batch, config.model.in_channels, size, size) * 2 - 1
     t = torch.randint(0, 1000, (batch,))
@@ -53,17 +60,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--config", default=None, help="a config file (default: the defaults)")
     args = parser.parse_args()
-    results: dict[str, list[tuple[float, float]]] = {"loop": [], "fused": []}
+    configs = {name: resolve_config(args.config, extra) for name, extra in OPTIMIZERS.items()}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in OPTIMIZERS}
     for _ in range(args.rounds):
-        for name, fused in (("loop", None), ("fused", True)):
-            results[name].append(step_times(fused, args.batch, args.repeats))
-    n_tensors = len(list(UNet(RunConfig().model).parameters()))
+        for name, config in configs.items():
+            results[name].append(step_times(config, args.batch, args.repeats))
+    n_tensors = len(list(UNet(configs["fused"].model).parameters()))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-        f"{n_tensors} parameter tensors"
+        f"{n_tensors} parameter tensors, config {args.config or 'defaults'}"
     )
-    print("| AdamW kernel | optimizer ms/step | training ms/step | steps/s |")
+    print("| optimizer | optimizer ms/step | training ms/step | steps/s |")
     print("| --- | ---: | ---: | ---: |")
     for name, rows in results.items():
         opt = statistics.median(r[0] for r in rows)

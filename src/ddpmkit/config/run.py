@@ -31,6 +31,7 @@ _T = TypeVar("_T")
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adamw", "muon")
 AMP_DTYPES = ("auto", "bf16", "fp16")
 MAX_CONFIG_BYTES = 1 << 20
 """Config files larger than this (1 MiB) are refused unread."""
@@ -52,6 +53,8 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # after warm-up: "constant" (Ho et al.) or cosine decay to 0
     warmup_steps: int = 50
     weight_decay: float = 0.0
+    optimizer: str = "adamw"  # or "muon": Muon on the hidden matrices, AdamW on the rest
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum μ
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
@@ -116,6 +119,13 @@ class TrainConfig:
                 f"unknown train.lr_schedule '{_clean(self.lr_schedule)}': choose one of "
                 + ", ".join(LR_SCHEDULES)
             )
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown train.optimizer '{_clean(self.optimizer)}': choose one of "
+                + ", ".join(OPTIMIZERS)
+            )
+        if not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"train.muon_momentum must lie in [0, 1), got {self.muon_momentum}")
         if self.timestep_sampler not in TIMESTEP_SAMPLERS:
             raise ConfigError(
                 f"unknown train.timestep_sampler '{_clean(self.timestep_sampler)}': choose one of "

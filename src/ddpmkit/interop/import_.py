@@ -182,6 +182,7 @@ def _dataset_placeholder(folder: Path) -> str:
 def import_diffusers(folder: str | Path, out: str | Path) -> ImportResult:
     """Turn the diffusers pipeline ``folder`` into the run directory ``out`` (which must not
     hold a run yet) and return what was made of it."""
+    from ddpmkit.train.setup import make_optimizer
     from ddpmkit.train.state import optimizer_to_tensors
 
     folder, run = Path(folder), RunDir(out)
@@ -242,12 +243,7 @@ def import_diffusers(folder: str | Path, out: str | Path) -> ImportResult:
         ) from None
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tc = config.train
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=tc.lr,
-        betas=(tc.adam_beta1, tc.adam_beta2),
-        weight_decay=tc.weight_decay,
-    )
+    optimizer = make_optimizer(model, tc, torch.device("cpu"))
     opt_tensors, opt_meta = optimizer_to_tensors(optimizer)  # no moments yet: {} and groups
     step_meta = {"step": str(step)}
     run.write_config(config)

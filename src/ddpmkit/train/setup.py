@@ -13,6 +13,7 @@ from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.nn import UNet
 from ddpmkit.rundir import Checkpoint, RunDir
 from ddpmkit.timesteps import make_timestep_sampler
+from ddpmkit.train.muon import MuonAdamW, muon_parameters
 from ddpmkit.train.state import TrainState
 
 
@@ -47,7 +48,7 @@ def new_state(
     rank: int,
 ) -> TrainState:
     """A fresh TrainState: the U-Net initialised from ``train.seed`` alone, its EMA copy,
-    AdamW, the sampler of t, float16's GradScaler when ``scaled``; the state seeds this
+    its optimizer, the sampler of t, float16's GradScaler when ``scaled``; the state seeds this
     process's global generators (:meth:`TrainState.seed_process`)."""
     tc = config.train
     with torch.random.fork_rng(devices=[]):
@@ -58,13 +59,7 @@ def new_state(
     state = TrainState(
         model=model,
         ema=copy.deepcopy(model).requires_grad_(False).eval(),
-        optimizer=torch.optim.AdamW(
-            model.parameters(),
-            lr=tc.lr,
-            betas=(tc.adam_beta1, tc.adam_beta2),
-            weight_decay=tc.weight_decay,
-            fused=fused_adam(device, tc),
-        ),
+        optimizer=make_optimizer(model, tc, device),
         timestep_sampler=diffusion.training_sampler()  # None: uniform; EDM: log-normal σ
         if tc.timestep_sampler == "uniform"
         else make_timestep_sampler(tc.timestep_sampler, diffusion.num_steps),
@@ -74,6 +69,25 @@ def new_state(
     )
     state.seed_process(rank)
     return state
+
+
+def make_optimizer(
+    model: torch.nn.Module, tc: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    """``train.optimizer`` for ``model``: AdamW (Loshchilov & Hutter 2019) on every parameter,
+    or Muon on the hidden matrices with AdamW on the rest (:class:`MuonAdamW`; its Newton–Schulz
+    iteration in float32 on the CPU, bfloat16 elsewhere)."""
+    adamw = {
+        "lr": tc.lr,
+        "betas": (tc.adam_beta1, tc.adam_beta2),
+        "weight_decay": tc.weight_decay,
+        "fused": fused_adam(device, tc),
+    }
+    if tc.optimizer == "muon":
+        hidden, rest = muon_parameters(model)
+        ns_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+        return MuonAdamW(hidden, rest, momentum=tc.muon_momentum, ns_dtype=ns_dtype, **adamw)
+    return torch.optim.AdamW(model.parameters(), **adamw)
 
 
 def fused_adam(device: torch.device, tc: TrainConfig) -> bool | None:
