@@ -23,8 +23,8 @@ from ddpmkit.nn import UNet
 from ddpmkit.train.setup import make_optimizer
 
 OPTIMIZERS = {
-    "loop": ["train.cpu_fused_adam=false"],
-    "fused": ["train.cpu_fused_adam=true"],
+    "loop": ["train.optimizer=adamw", "train.cpu_fused_adam=false"],
+    "fused": ["train.optimizer=adamw", "train.cpu_fused_adam=true"],
     "muon": ["train.optimizer=muon"],
 }
 
