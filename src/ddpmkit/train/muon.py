@@ -5,12 +5,12 @@ weight matrix's update by the orthogonalised Nesterov momentum: with M_t = μ M_
 and N_t = (1 − μ) g_t + μ M_t, the update is O_t ≈ U Vᵀ for N_t = U S Vᵀ, found by five steps of
 the quintic Newton–Schulz iteration X ← aX + (bA + cA²)X, A = XXᵀ, (a, b, c) = (3.4445, −4.7750,
 2.0315), on X₀ = N_t/‖N_t‖_F, in bfloat16 on GPUs as its authors run it and in float32 on the
-CPU, where the small matrices of a U-Net iterate 2.2× faster so (BENCHMARKS.md). A convolution's
-kernel (out, in, k, k) is the matrix (out, in·k·k). The step is scaled by 0.2·√max(rows, cols)
-(Liu et al. 2025, "Muon is scalable for LLM training", eq. 4), which gives the update the RMS of
-an AdamW step, so one ``train.lr`` and ``train.weight_decay`` (decoupled: θ ← θ − lr·λ·θ) serve
-both halves. The input and output convolutions, the class embedding, biases and norms keep AdamW,
-as Muon's authors prescribe.
+CPU, where the small matrices of a U-Net iterate 2.2× faster so
+(``benchmarks/newton_schulz_dtype.py``). A convolution's kernel (out, in, k, k) is the matrix
+(out, in·k·k). The step is scaled by 0.2·√max(rows, cols) (Liu et al. 2025, "Muon is scalable
+for LLM training", eq. 4), which gives the update the RMS of an AdamW step, so one ``train.lr``
+and ``train.weight_decay`` (decoupled: θ ← θ − lr·λ·θ) serve both halves. The input and output
+convolutions, the class embedding, biases and norms keep AdamW, as Muon's authors prescribe.
 """
 
 from __future__ import annotations
@@ -134,7 +134,9 @@ class MuonAdamW(torch.optim.Optimizer):
                 continue
             state = self.state[param]
             if not state:
-                state["step"] = torch.tensor(0.0)
+                # as torch's AdamW keeps it: on the parameter's device for the fused kernel
+                where = param.device if group["fused"] else torch.device("cpu")
+                state["step"] = torch.zeros((), dtype=torch.float32, device=where)
                 state["exp_avg"] = torch.zeros_like(param)
                 state["exp_avg_sq"] = torch.zeros_like(param)
             params.append(param)
