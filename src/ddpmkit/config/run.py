@@ -16,7 +16,7 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,39 +104,16 @@ class TrainConfig:
             raise ConfigError(f"train.time_limit_min must be >= 0, got {self.time_limit_min}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"train.label_dropout must lie in [0, 1), got {self.label_dropout}")
-        if self.tracker not in TRACKERS:
-            raise ConfigError(
-                f"unknown train.tracker '{_clean(self.tracker)}': choose one of "
-                + ", ".join(TRACKERS)
-            )
-        if self.amp_dtype not in AMP_DTYPES:
-            raise ConfigError(
-                f"unknown train.amp_dtype '{_clean(self.amp_dtype)}': choose one of "
-                + ", ".join(AMP_DTYPES)
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"unknown train.lr_schedule '{_clean(self.lr_schedule)}': choose one of "
-                + ", ".join(LR_SCHEDULES)
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"unknown train.optimizer '{_clean(self.optimizer)}': choose one of "
-                + ", ".join(OPTIMIZERS)
-            )
+        _check_choice("train.tracker", self.tracker, TRACKERS)
+        _check_choice("train.amp_dtype", self.amp_dtype, AMP_DTYPES)
+        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         if not 0 <= self.muon_momentum < 1:
             raise ConfigError(f"train.muon_momentum must lie in [0, 1), got {self.muon_momentum}")
-        if self.timestep_sampler not in TIMESTEP_SAMPLERS:
-            raise ConfigError(
-                f"unknown train.timestep_sampler '{_clean(self.timestep_sampler)}': choose one of "
-                + ", ".join(TIMESTEP_SAMPLERS)
-            )
+        _check_choice("train.timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.ema not in EMA_KINDS:
-            raise ConfigError(
-                f"unknown train.ema '{_clean(self.ema)}': choose one of {', '.join(EMA_KINDS)}"
-            )
+        _check_choice("train.ema", self.ema, EMA_KINDS)
         if not 0 < self.ema_std <= MAX_EMA_STD:
             raise ConfigError(
                 f"train.ema_std must lie in (0, {MAX_EMA_STD}] (the power profile's relative "
@@ -167,11 +144,7 @@ class SampleConfig:
     def validate(self) -> None:
         from ddpmkit.sampling import SAMPLERS  # on use: the config module stays light
 
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(
-                f"unknown sample.sampler '{_clean(self.sampler)}': choose one of "
-                + ", ".join(SAMPLERS)
-            )
+        _check_choice("sample.sampler", self.sampler, SAMPLERS)
         if self.num_samples < 1:
             raise ConfigError("sample.num_samples must be >= 1")
         if self.steps is not None and self.steps < 1:
@@ -260,6 +233,12 @@ def _clean(text: Any) -> str:
     """``text`` for a message in quotes: control characters escaped, at most 60 characters."""
     text = repr(str(text))[1:-1]
     return text if len(text) <= _SHOW_CHARS else text[: _SHOW_CHARS - 3] + "..."
+
+
+def _check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    """One line naming ``key``, the value given and every choice, unless ``value`` is one."""
+    if value not in choices:
+        raise ConfigError(f"unknown {key} '{_clean(value)}': choose one of " + ", ".join(choices))
 
 
 def _checked_int(value: int, where: str) -> int:
