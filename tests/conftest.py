@@ -82,6 +82,16 @@ def train_run(out: Path, overrides: list[str], data: str | None = None):
     return Trainer(config, run_dir, progress=False).train()
 
 
+def train_tiny(npz: Path, run: Path, *extra: str, resume: bool = False):
+    """A :class:`~ddpmkit.train.Trainer` of :func:`tiny_config` on ``npz`` into ``run``, after
+    its ``train()``."""
+    from ddpmkit.train import Trainer
+
+    trainer = Trainer(tiny_config(npz, *extra), run, resume=resume, progress=False)
+    trainer.train()
+    return trainer
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     text = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines()]

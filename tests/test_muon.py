@@ -9,12 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import train_tiny
 from ddpmkit.config import RunConfig
 from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.nn import UNet, UNetConfig
 from ddpmkit.rundir import RunDir
-from ddpmkit.train import Trainer
 from ddpmkit.train.muon import NEWTON_SCHULZ, MuonAdamW, muon_parameters, orthogonalise
 
 
@@ -121,19 +120,13 @@ def test_an_unknown_optimizer_is_one_line_naming_the_choices():
         config.validate()
 
 
-def _train(npz, run, *extra, resume=False) -> Trainer:
-    trainer = Trainer(tiny_config(npz, *extra), run, resume=resume, progress=False)
-    trainer.train()
-    return trainer
-
-
 def test_a_muon_run_resumes_bit_for_bit(shapes_npz, tmp_path, one_thread):
     """Stopped at step 2 and resumed to 4 equals 4 straight steps: the momentum buffers and
     AdamW's moments travel in the checkpoint."""
     common = ("train.optimizer=muon", "train.checkpoint_every=2", "train.amp=false")
-    straight = _train(shapes_npz, tmp_path / "straight", "train.steps=4", *common)
-    _train(shapes_npz, tmp_path / "stopped", "train.steps=2", *common)
-    _train(shapes_npz, tmp_path / "stopped", "train.steps=4", *common, resume=True)
+    straight = train_tiny(shapes_npz, tmp_path / "straight", "train.steps=4", *common)
+    train_tiny(shapes_npz, tmp_path / "stopped", "train.steps=2", *common)
+    train_tiny(shapes_npz, tmp_path / "stopped", "train.steps=4", *common, resume=True)
     assert isinstance(straight.state.optimizer, MuonAdamW)
     a = RunDir(tmp_path / "straight").load_checkpoint().tensors
     b = RunDir(tmp_path / "stopped").load_checkpoint().tensors
@@ -144,9 +137,9 @@ def test_a_muon_run_resumes_bit_for_bit(shapes_npz, tmp_path, one_thread):
 
 
 def test_an_adamw_run_resumed_as_muon_is_refused_in_one_line(shapes_npz, tmp_path, one_thread):
-    _train(shapes_npz, tmp_path / "run", "train.steps=2", "train.amp=false")
+    train_tiny(shapes_npz, tmp_path / "run", "train.steps=2", "train.amp=false")
     with pytest.raises(RunDirError, match="optimizer state does not fit") as err:
-        _train(
+        train_tiny(
             shapes_npz,
             tmp_path / "run",
             "train.steps=3",

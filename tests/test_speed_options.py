@@ -7,22 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import read_metrics, tiny_config
+from conftest import read_metrics, train_tiny
 from ddpmkit.diffusion import GaussianDiffusion
 from ddpmkit.nn import UNet, UNetConfig
 from ddpmkit.rundir import RunDir
-from ddpmkit.train import Trainer, training_precision
 from ddpmkit.train import precision as train_precision
+from ddpmkit.train import training_precision
 
 
 def _weights(run) -> dict[str, torch.Tensor]:
     return RunDir(run).load_checkpoint().tensors["model"]
-
-
-def _train(shapes_npz, run, *extra, resume=False):
-    trainer = Trainer(tiny_config(shapes_npz, *extra), run, resume=resume, progress=False)
-    trainer.train()
-    return trainer
 
 
 def test_checkpointing_keeps_the_gradients_and_the_weights_names(one_thread):
@@ -76,15 +70,15 @@ def test_checkpointing_stores_less_for_the_backward_pass(one_thread, monkeypatch
 
 
 def test_a_checkpointed_run_trains_like_a_plain_one(shapes_npz, tmp_path, one_thread):
-    _train(shapes_npz, tmp_path / "plain", "train.steps=3")
-    _train(shapes_npz, tmp_path / "ckpt", "train.steps=3", "model.checkpointing=true")
+    train_tiny(shapes_npz, tmp_path / "plain", "train.steps=3")
+    train_tiny(shapes_npz, tmp_path / "ckpt", "train.steps=3", "model.checkpointing=true")
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "ckpt")
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
 
 
 def test_channels_last_trains_like_the_default_layout(shapes_npz, tmp_path, one_thread):
-    _train(shapes_npz, tmp_path / "nchw", "train.steps=3", "train.amp=false")
-    trainer = _train(
+    train_tiny(shapes_npz, tmp_path / "nchw", "train.steps=3", "train.amp=false")
+    trainer = train_tiny(
         shapes_npz,
         tmp_path / "nhwc",
         "train.steps=3",
@@ -109,8 +103,8 @@ def test_compile_wraps_the_training_model(shapes_npz, tmp_path, monkeypatch, one
         return real(module, backend="eager")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    _train(shapes_npz, tmp_path / "eager", "train.steps=2", "train.amp=false")
-    trainer = _train(
+    train_tiny(shapes_npz, tmp_path / "eager", "train.steps=2", "train.amp=false")
+    trainer = train_tiny(
         shapes_npz, tmp_path / "compiled", "train.steps=2", "train.amp=false", "train.compile=true"
     )
     assert compiled == [trainer.model]
@@ -142,11 +136,11 @@ def test_the_precision_follows_the_device(
 @pytest.mark.slow
 def test_float16_with_a_grad_scaler_resumes_exactly(shapes_npz, tmp_path, one_thread):
     fp16 = ("train.amp_dtype=fp16", "train.checkpoint_every=2", "train.lr_schedule=constant")
-    _train(shapes_npz, tmp_path / "straight", "train.steps=4", *fp16)
-    _train(shapes_npz, tmp_path / "stopped", "train.steps=2", *fp16)
+    train_tiny(shapes_npz, tmp_path / "straight", "train.steps=4", *fp16)
+    train_tiny(shapes_npz, tmp_path / "stopped", "train.steps=2", *fp16)
     state = RunDir(tmp_path / "stopped").load_checkpoint(files=()).state
     assert state["scaler"]["scale"] == 65536.0  # GradScaler's initial scale, saved
-    _train(shapes_npz, tmp_path / "stopped", "train.steps=4", *fp16, resume=True)
+    train_tiny(shapes_npz, tmp_path / "stopped", "train.steps=4", *fp16, resume=True)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = [r["loss"] for r in read_metrics(tmp_path / "straight")]
@@ -172,7 +166,7 @@ def test_a_scaler_overflow_is_skipped_but_not_a_bad_step(
 
     monkeypatch.setattr(GaussianDiffusion, "training_loss", huge_on_the_second_call)
     extra = ("train.amp_dtype=fp16", "train.max_bad_steps=1", "train.steps=3")
-    trainer = _train(shapes_npz, tmp_path / "run", *extra)
+    trainer = train_tiny(shapes_npz, tmp_path / "run", *extra)
     assert trainer.state.step == 3 and trainer.state.skipped_steps == 1
     assert trainer.state.bad_steps == 0 and trainer.state.scaler.get_scale() == 32768.0
     assert sum(r.get("skipped_steps", 0) for r in read_metrics(tmp_path / "run")) == 1
@@ -210,8 +204,8 @@ def test_the_fused_cpu_adam_trains_like_the_per_parameter_loop(shapes_npz, tmp_p
     """train.cpu_fused_adam swaps AdamW's kernel, not its mathematics: the oracle is torch's
     per-parameter loop (a separate implementation) over the same three steps."""
     common = ("train.steps=3", "train.amp=false")
-    loop = _train(shapes_npz, tmp_path / "loop", *common, "train.cpu_fused_adam=false")
-    fused = _train(shapes_npz, tmp_path / "fused", *common, "train.cpu_fused_adam=true")
+    loop = train_tiny(shapes_npz, tmp_path / "loop", *common, "train.cpu_fused_adam=false")
+    fused = train_tiny(shapes_npz, tmp_path / "fused", *common, "train.cpu_fused_adam=true")
     assert loop.state.optimizer.param_groups[0]["fused"] is None
     assert fused.state.optimizer.param_groups[0]["fused"] is True
     a, b = _weights(tmp_path / "loop"), _weights(tmp_path / "fused")
@@ -224,18 +218,22 @@ def test_a_resumed_run_runs_the_kernel_its_config_asks_for(shapes_npz, tmp_path,
     exactly as a straight one."""
     common = ("train.checkpoint_every=2", "train.lr_schedule=constant", "train.amp=false")
     fused = "train.cpu_fused_adam=true"
-    _train(shapes_npz, tmp_path / "straight", "train.steps=4", *common, fused)
-    _train(shapes_npz, tmp_path / "stopped", "train.steps=2", *common, fused)
-    _train(shapes_npz, tmp_path / "stopped", "train.steps=4", *common, fused, resume=True)
+    train_tiny(shapes_npz, tmp_path / "straight", "train.steps=4", *common, fused)
+    train_tiny(shapes_npz, tmp_path / "stopped", "train.steps=2", *common, fused)
+    train_tiny(shapes_npz, tmp_path / "stopped", "train.steps=4", *common, fused, resume=True)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    _train(shapes_npz, tmp_path / "loop", "train.steps=2", *common, "train.cpu_fused_adam=false")
+    train_tiny(
+        shapes_npz, tmp_path / "loop", "train.steps=2", *common, "train.cpu_fused_adam=false"
+    )
     assert (
         '"fused": null'
         in RunDir(tmp_path / "loop").load_checkpoint().metadata["optimizer"]["optimizer"]
     )
-    resumed = _train(shapes_npz, tmp_path / "loop", "train.steps=3", *common, fused, resume=True)
+    resumed = train_tiny(
+        shapes_npz, tmp_path / "loop", "train.steps=3", *common, fused, resume=True
+    )
     assert resumed.state.optimizer.param_groups[0]["fused"] is True
 
 
@@ -244,7 +242,7 @@ def test_a_cpu_loop_checkpoint_resumes_fused_on_cuda(shapes_npz, tmp_path):
     """The fused CUDA kernel needs each state's step on the GPU: the kernel flags are set before
     the state is loaded, so torch places the steps for the kernel that will run."""
     common = ("train.checkpoint_every=2", "train.amp=false")
-    _train(
+    train_tiny(
         shapes_npz,
         tmp_path / "run",
         "train.steps=2",
@@ -252,7 +250,7 @@ def test_a_cpu_loop_checkpoint_resumes_fused_on_cuda(shapes_npz, tmp_path):
         "train.device=cpu",
         "train.cpu_fused_adam=false",
     )
-    resumed = _train(
+    resumed = train_tiny(
         shapes_npz, tmp_path / "run", "train.steps=3", *common, "train.device=cuda", resume=True
     )
     optimizer = resumed.state.optimizer
