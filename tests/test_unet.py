@@ -244,8 +244,11 @@ def test_config_json_round_trip_and_state_dict() -> None:
         (dict(attention=("none", "flash")), "unknown attention 'flash'"),
         (dict(mid_attention="global"), "unknown attention 'global'"),
         (dict(attention="full"), "unet.attention must be a list"),
-        (dict(block_type="transformer"), "block_type must be one of resnet, convnext"),
-        (dict(time_conditioning="film"), "time_conditioning must be one of"),
+        (
+            dict(block_type="transformer"),
+            "unknown unet.block_type .transformer.: choose one of resnet",
+        ),
+        (dict(time_conditioning="film"), "unknown unet.time_conditioning .film.: choose one of"),
         (dict(attention_heads=3), "attention_heads=3 must divide"),
         (dict(attention_head_dim=0), "attention_head_dim"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),

@@ -21,8 +21,8 @@ from ddpmkit.config.diffusion import (  # noqa: F401 (re-exported)
     PREDICTIONS,
     VARIANCES,
     DiffusionConfig,
-    _check_choice,
 )
+from ddpmkit.config.messages import check_choice
 from ddpmkit.errors import ConfigError
 from ddpmkit.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from ddpmkit.loss_weights import loss_weights
@@ -188,9 +188,9 @@ class GaussianDiffusion:
         vb_weight: float = 0.001,
         loss_weights: torch.Tensor | None = None,
     ) -> None:
-        _check_choice("prediction", prediction, PREDICTIONS)
-        _check_choice("variance", variance, VARIANCES)
-        _check_choice("loss", loss, LOSSES)
+        check_choice("prediction", prediction, PREDICTIONS)
+        check_choice("variance", variance, VARIANCES)
+        check_choice("loss", loss, LOSSES)
         self.schedule = schedule
         self.prediction = prediction
         self.variance = variance

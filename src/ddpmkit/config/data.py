@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ddpmkit.config.messages import check_choice
 from ddpmkit.errors import ConfigError
 
 MIN_IMAGE_SIZE = 4
@@ -109,14 +110,8 @@ class DataConfig:
             raise ConfigError(f"data.streaming must be true or false, got {self.streaming!r}")
         if self.streaming and not self.source.startswith(HF_PREFIX):
             raise ConfigError("data.streaming applies to hf: sources only")
-        if self.cache not in CACHE_MODES:
-            raise ConfigError(
-                f"data.cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}"
-            )
-        if self.hold not in HOLD_MODES:
-            raise ConfigError(
-                f"data.hold must be one of {', '.join(HOLD_MODES)}, got {self.hold!r}"
-            )
+        check_choice("data.cache", self.cache, CACHE_MODES)
+        check_choice("data.hold", self.hold, HOLD_MODES)
         workers = self.loader_workers
         if isinstance(workers, bool) or not isinstance(workers, int) or not -1 <= workers <= 64:
             raise ConfigError(

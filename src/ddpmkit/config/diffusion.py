@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ddpmkit.config.messages import check_choice
 from ddpmkit.errors import ConfigError
 
 SCHEDULE_NAMES = ("linear", "cosine", "quadratic", "sigmoid")
@@ -39,11 +40,6 @@ def values_implied_by(given: dict) -> dict:
     return {key: value for key, value in implied.items() if key not in given}
 
 
-def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {kind} '{value}': choose one of {', '.join(choices)}")
-
-
 @dataclass
 class DiffusionConfig:
     """How x_0 is noised and what the network learns."""
@@ -72,15 +68,15 @@ class DiffusionConfig:
         return self.variance in LEARNED_VARIANCES
 
     def validate(self) -> None:
-        _check_choice("schedule", self.schedule, SCHEDULE_NAMES)
-        _check_choice("prediction", self.prediction, PREDICTIONS)
-        _check_choice("variance", self.variance, VARIANCES)
-        _check_choice("loss", self.loss, LOSSES)
+        check_choice("schedule", self.schedule, SCHEDULE_NAMES)
+        check_choice("prediction", self.prediction, PREDICTIONS)
+        check_choice("variance", self.variance, VARIANCES)
+        check_choice("loss", self.loss, LOSSES)
         if self.num_steps < 1:
             raise ConfigError(f"diffusion.num_steps must be >= 1, got {self.num_steps}")
         if self.vb_weight < 0:
             raise ConfigError(f"diffusion.vb_weight must be >= 0, got {self.vb_weight}")
-        _check_choice("loss weighting", self.loss_weight, LOSS_WEIGHTS)
+        check_choice("loss weighting", self.loss_weight, LOSS_WEIGHTS)
         for key in ("min_snr_gamma", "p2_k", "schedule_shift"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"diffusion.{key} must be > 0, got {getattr(self, key)}")
@@ -91,7 +87,7 @@ class DiffusionConfig:
                 "diffusion.loss_weight weights the simple loss; loss=kl has none: use "
                 "loss=l2 (or hybrid)"
             )
-        _check_choice("process", self.process, PROCESSES)
+        check_choice("process", self.process, PROCESSES)
         if self.process == "edm":
             self._check_edm()
         if self.loss == "hybrid" and not self.learned_variance:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ddpmkit.config.messages import check_choice
 from ddpmkit.errors import ConfigError
 
 ATTENTION_KINDS = ("none", "linear", "full")
@@ -112,15 +113,8 @@ class UNetConfig:
             )
         if not all(_is_int(m) and m >= 1 for m in mults):
             raise ConfigError(f"unet.channel_mults must hold integers >= 1, got {list(mults)}")
-        if self.block_type not in BLOCK_TYPES:
-            raise ConfigError(
-                f"unet.block_type must be one of {', '.join(BLOCK_TYPES)}, got {self.block_type!r}"
-            )
-        if self.time_conditioning not in TIME_CONDITIONINGS:
-            raise ConfigError(
-                f"unet.time_conditioning must be one of {', '.join(TIME_CONDITIONINGS)}, "
-                f"got {self.time_conditioning!r}"
-            )
+        check_choice("unet.block_type", self.block_type, BLOCK_TYPES)
+        check_choice("unet.time_conditioning", self.time_conditioning, TIME_CONDITIONINGS)
         attn = self.attention
         if not isinstance(attn, tuple):
             raise ConfigError(
@@ -158,11 +152,7 @@ class UNetConfig:
         eps = self.norm_eps
         if not isinstance(eps, float) or not (math.isfinite(eps) and 0 < eps < 1):
             raise ConfigError(f"unet.norm_eps must be a number in (0, 1), got {eps!r}")
-        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
-            raise ConfigError(
-                f"unet.downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
-                f"got {self.downsample_padding!r}"
-            )
+        check_choice("unet.downsample_padding", self.downsample_padding, DOWNSAMPLE_PADDINGS)
         if not isinstance(self.time_flip_sin_to_cos, bool):
             raise ConfigError(
                 "unet.time_flip_sin_to_cos must be true or false, "
@@ -171,11 +161,7 @@ class UNetConfig:
         shift = self.time_freq_shift
         if not _is_int(shift) or shift not in (0, 1):
             raise ConfigError(f"unet.time_freq_shift must be 0 or 1, got {shift!r}")
-        if self.time_frequencies not in TIME_FREQUENCY_ORDERS:
-            raise ConfigError(
-                f"unet.time_frequencies must be one of {', '.join(TIME_FREQUENCY_ORDERS)}, "
-                f"got {self.time_frequencies!r}"
-            )
+        check_choice("unet.time_frequencies", self.time_frequencies, TIME_FREQUENCY_ORDERS)
         channels = self.level_channels
         bad = sorted({c for c in channels if c % self.norm_groups})
         if bad:

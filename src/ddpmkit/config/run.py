@@ -16,13 +16,14 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ddpmkit.config.data import DataConfig
 from ddpmkit.config.diffusion import DiffusionConfig, values_implied_by
+from ddpmkit.config.messages import check_choice, clean, show
 from ddpmkit.config.model import UNetConfig
 from ddpmkit.errors import ConfigError
 
@@ -36,7 +37,6 @@ AMP_DTYPES = ("auto", "bf16", "fp16")
 MAX_CONFIG_BYTES = 1 << 20
 """Config files larger than this (1 MiB) are refused unread."""
 _INT_LIMIT = 2**63 - 1  # integers must fit in int64 (torch, numpy and JSON readers elsewhere)
-_SHOW_CHARS = 60
 
 
 EMA_KINDS = ("exponential", "power")
@@ -104,16 +104,16 @@ class TrainConfig:
             raise ConfigError(f"train.time_limit_min must be >= 0, got {self.time_limit_min}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"train.label_dropout must lie in [0, 1), got {self.label_dropout}")
-        _check_choice("train.tracker", self.tracker, TRACKERS)
-        _check_choice("train.amp_dtype", self.amp_dtype, AMP_DTYPES)
-        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("train.tracker", self.tracker, TRACKERS)
+        check_choice("train.amp_dtype", self.amp_dtype, AMP_DTYPES)
+        check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         if not 0 <= self.muon_momentum < 1:
             raise ConfigError(f"train.muon_momentum must lie in [0, 1), got {self.muon_momentum}")
-        _check_choice("train.timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
+        check_choice("train.timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
-        _check_choice("train.ema", self.ema, EMA_KINDS)
+        check_choice("train.ema", self.ema, EMA_KINDS)
         if not 0 < self.ema_std <= MAX_EMA_STD:
             raise ConfigError(
                 f"train.ema_std must lie in (0, {MAX_EMA_STD}] (the power profile's relative "
@@ -144,7 +144,7 @@ class SampleConfig:
     def validate(self) -> None:
         from ddpmkit.sampling import SAMPLERS  # on use: the config module stays light
 
-        _check_choice("sample.sampler", self.sampler, SAMPLERS)
+        check_choice("sample.sampler", self.sampler, SAMPLERS)
         if self.num_samples < 1:
             raise ConfigError("sample.num_samples must be >= 1")
         if self.steps is not None and self.steps < 1:
@@ -223,24 +223,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _show(value: Any) -> str:
-    """``repr(value)`` shortened for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= _SHOW_CHARS else text[: _SHOW_CHARS - 3] + "..."
-
-
-def _clean(text: Any) -> str:
-    """``text`` for a message in quotes: control characters escaped, at most 60 characters."""
-    text = repr(str(text))[1:-1]
-    return text if len(text) <= _SHOW_CHARS else text[: _SHOW_CHARS - 3] + "..."
-
-
-def _check_choice(key: str, value: str, choices: Iterable[str]) -> None:
-    """One line naming ``key``, the value given and every choice, unless ``value`` is one."""
-    if value not in choices:
-        raise ConfigError(f"unknown {key} '{_clean(value)}': choose one of " + ", ".join(choices))
-
-
 def _checked_int(value: int, where: str) -> int:
     if abs(value) > _INT_LIMIT:
         raise ConfigError(f"{where} is too large: integers must lie within ±(2**63 - 1)")
@@ -253,7 +235,7 @@ def _text_list(text: str, where: str) -> list[str]:
     text = text.strip()
     if text.startswith("[") or text.endswith("]"):
         if not (text.startswith("[") and text.endswith("]")):
-            raise ConfigError(f"{where} must be a list like [1, 2] or 1,2, got {_show(text)}")
+            raise ConfigError(f"{where} must be a list like [1, 2] or 1,2, got {show(text)}")
         text = text[1:-1]
     return [_unquoted(v.strip()) for v in text.split(",") if v.strip()]
 
@@ -281,7 +263,7 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
         if from_text and isinstance(value, str):
             value = _text_list(value, where)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {_show(value)}")
+            raise ConfigError(f"{where} must be a list, got {show(value)}")
         return tuple(_coerce(v, item_type, where, from_text) for v in value)
     if tp is bool:
         if isinstance(value, bool):
@@ -290,7 +272,7 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
             return True
         if from_text and str(value).lower() in ("false", "no", "0", "off"):
             return False
-        raise ConfigError(f"{where} must be true or false, got {_show(value)}")
+        raise ConfigError(f"{where} must be true or false, got {show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return _checked_int(value, where)
@@ -301,7 +283,7 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
                 pass
             else:
                 return _checked_int(number, where)
-        raise ConfigError(f"{where} must be an integer, got {_show(value)}")
+        raise ConfigError(f"{where} must be an integer, got {show(value)}")
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -316,11 +298,11 @@ def _coerce(value: Any, tp: Any, where: str, from_text: bool) -> Any:
                 pass
         if number is not None and math.isfinite(number):
             return number
-        raise ConfigError(f"{where} must be a finite number, got {_show(value)}")
+        raise ConfigError(f"{where} must be a finite number, got {show(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where} must be a string, got {_show(value)}")
+        raise ConfigError(f"{where} must be a string, got {show(value)}")
     raise AssertionError(f"unsupported config type {_type_name(tp)} at {where}")
 
 
@@ -367,7 +349,7 @@ def _unknown_key(section: str, key: Any, names: set[str]) -> ConfigError:
         hint = (
             f"[{section}] has {len(names)} keys; nearest first: {' '.join(shown)} and {rest} more"
         )
-    return ConfigError(f"unknown key '{section}.{_clean(key)}': {hint}")
+    return ConfigError(f"unknown key '{section}.{clean(key)}': {hint}")
 
 
 def _build_section(name: str, values: dict[str, Any], from_text: bool = False) -> Any:
@@ -434,11 +416,11 @@ def completed_saved_config(d: Any) -> Any:
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """A validated RunConfig from nested sections (missing keys keep their defaults)."""
     if not isinstance(d, dict):
-        raise ConfigError(f"a config must be a table of sections, got {_show(d)}")
+        raise ConfigError(f"a config must be a table of sections, got {show(d)}")
     unknown = sorted(map(str, set(d) - set(SECTIONS)))
     if unknown:
         raise ConfigError(
-            f"unknown config section '{_clean(unknown[0])}': valid sections are "
+            f"unknown config section '{clean(unknown[0])}': valid sections are "
             + ", ".join(SECTIONS)
         )
     d = _migrate(d)
@@ -503,7 +485,7 @@ def _resolve_key(key: str) -> tuple[str, str]:
         section, name = key.split(".", 1)
         if section not in SECTIONS:
             raise ConfigError(
-                f"unknown config section '{_clean(section)}' in '{_clean(key)}': "
+                f"unknown config section '{clean(section)}' in '{clean(key)}': "
                 "valid sections are " + ", ".join(SECTIONS)
             )
         names = {f.name for f in dataclasses.fields(SECTIONS[section])}
@@ -513,7 +495,7 @@ def _resolve_key(key: str) -> tuple[str, str]:
     matches = [s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
     if not matches:
         raise ConfigError(
-            f"unknown config key '{_clean(key)}' (write section.key, e.g. train.steps=100)"
+            f"unknown config key '{clean(key)}' (write section.key, e.g. train.steps=100)"
         )
     if len(matches) > 1:
         raise ConfigError(
@@ -527,12 +509,12 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``d`` with ``section.key=value`` (or unique ``key=value``) strings applied; values are
     parsed as text for the field's type (lists comma-separated: ``model.channel_mults=1,2,2``)."""
     if not isinstance(d, dict):
-        raise ConfigError(f"a config must be a table of sections, got {_show(d)}")
+        raise ConfigError(f"a config must be a table of sections, got {show(d)}")
     result = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(
-                f"override '{_clean(item)}' must look like key=value (e.g. train.steps=100)"
+                f"override '{clean(item)}' must look like key=value (e.g. train.steps=100)"
             )
         key, value = item.split("=", 1)
         section, name = _resolve_key(key.strip())
@@ -552,7 +534,7 @@ def resolve_config(
     """Defaults ← ``base`` (e.g. a saved run) ← config file ← overrides, validated."""
     d: dict[str, Any] = base if base is not None else {}
     if not isinstance(d, dict):
-        raise ConfigError(f"a config must be a table of sections, got {_show(d)}")
+        raise ConfigError(f"a config must be a table of sections, got {show(d)}")
     if file is not None:
         loaded = load_config_file(file)
         d = dict(d)
