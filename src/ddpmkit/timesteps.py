@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ddpmkit.config.messages import check_choice
 from ddpmkit.config.run import TIMESTEP_SAMPLERS  # noqa: E402 (named with the config)
 from ddpmkit.errors import ConfigError
 
@@ -111,6 +112,5 @@ def make_timestep_sampler(name: str, num_steps: int) -> UniformSampler:
         return UniformSampler(num_steps)
     if name == "loss_second_moment":
         return LossSecondMomentSampler(num_steps)
-    raise ConfigError(
-        f"unknown timestep sampler '{name}': choose one of {', '.join(TIMESTEP_SAMPLERS)}"
-    )
+    check_choice("timestep sampler", name, TIMESTEP_SAMPLERS)
+    raise AssertionError(f"TIMESTEP_SAMPLERS names '{name}', which has no sampler here")

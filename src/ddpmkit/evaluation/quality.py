@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpmkit.config.data import FASHION_MNIST, is_fashion_mnist
+from ddpmkit.config.messages import check_choice
 from ddpmkit.data import DataConfig, load_dataset, to_uint8
 from ddpmkit.diffusion import spaced_timesteps
 from ddpmkit.errors import ConfigError, DataError, RunDirError
@@ -462,8 +463,7 @@ def default_classifier(data: DataConfig) -> str | None:
 
 
 def check_features(name: str) -> None:
-    if name not in EXTRACTORS:
-        raise ConfigError(f"unknown features '{name}': choose one of {', '.join(EXTRACTORS)}")
+    check_choice("features", name, EXTRACTORS)
 
 
 @dataclass

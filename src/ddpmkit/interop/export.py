@@ -23,6 +23,7 @@ from typing import Any
 from safetensors.torch import save as safetensors_bytes
 
 from ddpmkit import __version__
+from ddpmkit.config.messages import check_choice
 from ddpmkit.errors import ConfigError
 from ddpmkit.fileio import atomic_write_bytes, atomic_write_text
 from ddpmkit.interop.diffusers_config import (
@@ -77,8 +78,7 @@ def export_diffusers(
 ) -> ExportResult:
     """Write the ``weights`` ("ema" or "model") of checkpoint ``step`` (default: the latest
     good one) of ``run_dir`` as a diffusers ``DDPMPipeline`` folder ``out``."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    check_choice("export format", fmt, FORMATS)
     if weights not in ("ema", "model"):
         raise ConfigError(f"weights must be 'ema' or 'model', got '{weights}'")
     from ddpmkit.train.state import load_module_weights

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ddpmkit.config.messages import check_choice
 from ddpmkit.errors import ConfigError
 from ddpmkit.metrics.digits_cnn import PREPROCESS_VERSION, DigitsCNN, preprocess
 from ddpmkit.metrics.fashion_cnn import PREPROCESS_VERSION as FASHION_PREPROCESS_VERSION
@@ -463,10 +464,7 @@ def load_extractor(
     FID Inception ``.pth`` file (:data:`INCEPTION_WEIGHTS_FILE`) for ``inception``.
     User errors raise :class:`ConfigError`.
     """
-    if not isinstance(name, str) or name not in EXTRACTORS:
-        raise ConfigError(
-            f"unknown feature extractor {name!r}: choose one of {', '.join(EXTRACTORS)}"
-        )
+    check_choice("feature extractor", name, EXTRACTORS)
     dev = _device(device)
     if name in CLASSIFIERS:
         return _load_classifier(name, weights, dev)

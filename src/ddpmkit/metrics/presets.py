@@ -8,6 +8,7 @@ with a warning that its numbers are not comparable with published ones.
 
 from __future__ import annotations
 
+from ddpmkit.config.messages import check_choice
 from ddpmkit.errors import ConfigError
 
 PRESETS = ("paper",)
@@ -16,8 +17,8 @@ PAPER_FEATURES = "inception"
 
 
 def check_preset(preset: str | None) -> None:
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    if preset is not None:
+        check_choice("preset", preset, PRESETS)
 
 
 def preset_features(preset: str | None, features: str | None) -> str | None:
