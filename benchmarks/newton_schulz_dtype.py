@@ -50,6 +50,15 @@ def main() -> None:
         f"torch {torch.__version__}, {len(matrices)} hidden matrices of {args.config} "
         f"in {len(stacks)} shapes"
     )
+    batched = torch.cat([orthogonalise_batch(s).flatten() for s in stacks])
+    one_by_one = torch.cat(
+        [
+            torch.stack([orthogonalise(w, dtype=torch.float32) for w in g]).flatten()
+            for g in by_shape.values()
+        ]
+    )
+    gap = (batched - one_by_one).abs().max().item()
+    print(f"batched against one by one (float32): largest difference {gap:.1e}")
     print("| threads | iteration | ms per optimizer step |")
     print("| ---: | --- | ---: |")
     for threads in (2, 1):
