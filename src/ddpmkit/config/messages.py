@@ -12,16 +12,19 @@ SHOW_CHARS = 60
 """The longest value a message quotes in full."""
 
 
+def _cut(text: str) -> str:
+    """``text`` if it fits :data:`SHOW_CHARS`, else its start and "..." in that many."""
+    return text if len(text) <= SHOW_CHARS else text[: SHOW_CHARS - 3] + "..."
+
+
 def show(value: Any) -> str:
     """``repr(value)`` shortened for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= SHOW_CHARS else text[: SHOW_CHARS - 3] + "..."
+    return _cut(repr(value))
 
 
 def clean(text: Any) -> str:
     """``text`` for a message in quotes: control characters escaped, at most 60 characters."""
-    text = repr(str(text))[1:-1]
-    return text if len(text) <= SHOW_CHARS else text[: SHOW_CHARS - 3] + "..."
+    return _cut(repr(str(text))[1:-1])
 
 
 def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
