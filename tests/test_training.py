@@ -150,6 +150,24 @@ def test_learning_rate_warm_up_then_cosine():
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
+def test_learning_rate_linear_decay_to_zero_by_steps_and_by_time():
+    tc = resolve_config(
+        overrides=[
+            "train.lr=2",
+            "train.warmup_steps=4",
+            "train.steps=104",
+            "train.lr_schedule=linear",
+        ]
+    ).train
+    assert [learning_rate(k, tc) for k in range(4)] == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    # a straight line from lr at the end of warm-up to 0 at the last step: 2·(1 − (k − 4)/100)
+    for k, expected in ((4, 2.0), (29, 1.5), (54, 1.0), (79, 0.5), (103, 0.02)):
+        assert learning_rate(k, tc) == pytest.approx(expected)
+    # the time used leads when it runs ahead of the steps: 80 % of the time leaves 20 % of lr
+    assert learning_rate(10, tc, time_fraction=0.8) == pytest.approx(0.4)
+    assert learning_rate(10, tc, time_fraction=1.0) == 0.0
+
+
 def test_learning_rate_constant_and_without_warm_up():
     tc = resolve_config(
         overrides=["train.lr=0.5", "train.warmup_steps=4", "train.lr_schedule=constant"]

@@ -31,7 +31,7 @@ _T = TypeVar("_T")
 
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adamw", "muon")
 AMP_DTYPES = ("auto", "bf16", "fp16")
 MAX_CONFIG_BYTES = 1 << 20
@@ -50,7 +50,7 @@ class TrainConfig:
     steps: int = 3000
     batch_size: int = 128
     lr: float = 2e-3
-    lr_schedule: str = "cosine"  # after warm-up: "constant" (Ho et al.) or cosine decay to 0
+    lr_schedule: str = "cosine"  # after warm-up: "constant" (Ho et al.), cosine or linear to 0
     warmup_steps: int = 50
     weight_decay: float = 0.0
     optimizer: str = "adamw"  # or "muon": Muon on the hidden matrices, AdamW on the rest
