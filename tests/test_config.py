@@ -211,7 +211,7 @@ def test_apply_overrides_does_not_modify_its_input():
     [
         ("train.steps=0", "train.steps must be >= 1"),
         ("train.lr=-1", "train.lr must be > 0"),
-        ("train.lr_schedule=linear", "unknown train.lr_schedule 'linear'"),
+        ("train.lr_schedule=step", "unknown train.lr_schedule 'step'"),
         ("train.ema_decay=1", "train.ema_decay must lie in [0, 1)"),
         ("train.batch_size=16 train.grad_accum=3", "must be a multiple of train.grad_accum"),
         ("train.warmup_steps=-1", "train.warmup_steps must be >= 0"),

@@ -14,7 +14,13 @@ from ddpmkit.config import RunConfig
 from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.nn import UNet, UNetConfig
 from ddpmkit.rundir import RunDir
-from ddpmkit.train.muon import NEWTON_SCHULZ, MuonAdamW, muon_parameters, orthogonalise
+from ddpmkit.train.muon import (
+    NEWTON_SCHULZ,
+    MuonAdamW,
+    muon_parameters,
+    orthogonalise,
+    stacked_blocks,
+)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.04), (torch.float32, 1e-4)])
@@ -75,6 +81,71 @@ def test_a_convolution_kernel_steps_as_its_out_by_fan_in_matrix():
         ours.step()
         muon.step()
     assert torch.equal(ours_k.reshape(8, 36), ref_k)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_split_weight_steps_as_torchs_muon_on_its_blocks_as_separate_weights(count):
+    """With ``blocks``, a (count·8, 4, 1, 1) kernel whose rows stack ``count`` maps (q|k|v, or
+    scale|shift) steps as torch's Muon on ``count`` separate (8, 4) matrices, each scaled by its
+    own shape (0.2·√8), weight decay included, bit for bit; without, it is one matrix."""
+    torch.manual_seed(2)
+    kernel = torch.randn(count * 8, 4, 1, 1)
+    ours_k = kernel.clone().requires_grad_()
+    whole_k = kernel.clone().requires_grad_()
+    refs = [part.reshape(8, 4).clone().requires_grad_() for part in kernel.chunk(count)]
+    ours = MuonAdamW([ours_k], [], lr=3e-3, weight_decay=0.1, blocks={ours_k: count})
+    whole = MuonAdamW([whole_k], [], lr=3e-3, weight_decay=0.1)
+    muon = torch.optim.Muon(refs, lr=3e-3, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        g = torch.randn(count * 8, 4, 1, 1)
+        ours_k.grad, whole_k.grad = g, g.clone()
+        for ref, part in zip(refs, g.chunk(count), strict=True):
+            ref.grad = part.reshape(8, 4).clone()
+        ours.step()
+        whole.step()
+        muon.step()
+    assert torch.equal(ours_k.reshape(count, 8, 4), torch.stack(refs))
+    assert not torch.equal(whole_k, ours_k)
+
+
+def test_stacked_blocks_name_every_qkv_and_scale_shift_weight():
+    """The split covers each attention's q/k/v weight (3 blocks, full and linear attention)
+    and each ResBlock's scale/shift projection (2); with additive time conditioning only the
+    q/k/v weights remain."""
+    from ddpmkit.nn.attention import FullAttention, LinearAttention
+    from ddpmkit.nn.blocks import ResBlock
+
+    def expected(model):
+        out = {}
+        for name, module in model.named_modules():
+            if isinstance(module, (FullAttention, LinearAttention)):
+                out[f"{name}.qkv.weight"] = 3
+            if isinstance(module, ResBlock) and module.scale_shift:
+                out[f"{name}.time_proj.1.weight"] = 2
+        return out
+
+    config = UNetConfig(base_channels=16, attention=("none", "linear", "full"))
+    for model in (UNet(config), UNet(UNetConfig(base_channels=16, time_conditioning="add"))):
+        names = {id(p): n for n, p in model.named_parameters()}
+        blocks = {names[id(p)]: count for p, count in stacked_blocks(model).items()}
+        assert blocks == expected(model)
+        assert any(c == 3 for c in blocks.values())
+        for name, count in blocks.items():
+            assert model.get_parameter(name).size(0) % count == 0
+    assert any(c == 2 for c in stacked_blocks(UNet(config)).values())
+    assert all(c == 3 for c in stacked_blocks(model).values())  # additive: no scale/shift
+
+
+def test_train_muon_split_reaches_the_optimizer():
+    from ddpmkit.train.setup import make_optimizer
+
+    config = RunConfig()
+    config.train.optimizer = "muon"
+    model = UNet(config.model)
+    assert make_optimizer(model, config.train, torch.device("cpu")).blocks == {}
+    config.train.muon_split = True
+    split = make_optimizer(model, config.train, torch.device("cpu"))
+    assert split.blocks == stacked_blocks(model) and split.blocks
 
 
 def test_the_trainer_iterates_in_float32_on_the_cpu():

@@ -55,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: str = "adamw"  # or "muon": Muon on the hidden matrices, AdamW on the rest
     muon_momentum: float = 0.95  # Muon's Nesterov momentum μ
+    muon_split: bool = False  # Muon: stacked q/k/v and scale/shift rows as separate matrices
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     grad_clip: float = 1.0  # max global gradient norm; 0 disables

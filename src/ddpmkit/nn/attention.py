@@ -48,6 +48,7 @@ class FullAttention(nn.Module):
         self.norm = GroupNorm(norm_groups, channels, eps=norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * inner, 1)
         self.proj = zero_module(nn.Conv2d(inner, channels, 1))
+        self.stacked_outputs = {"qkv": 3}  # q, k, v: three maps in one weight (train.muon)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -89,6 +90,7 @@ class LinearAttention(nn.Module):
         self.norm = GroupNorm(norm_groups, channels, eps=norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
         self.proj = nn.Conv2d(inner, channels, 1)
+        self.stacked_outputs = {"qkv": 3}
         self.out_norm = GroupNorm(1, channels, eps=norm_eps)
         nn.init.zeros_(self.out_norm.weight)
 

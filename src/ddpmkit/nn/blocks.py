@@ -66,6 +66,8 @@ class ResBlock(nn.Module):
             nn.SiLU(),
             nn.Linear(time_dim, 2 * out_channels if self.scale_shift else out_channels),
         )
+        # scale and shift: two maps in one weight (train.muon)
+        self.stacked_outputs = {"time_proj.1": 2} if self.scale_shift else {}
         self.out_norm = GroupNorm(norm_groups, out_channels, eps=norm_eps)
         self.out_layers = nn.Sequential(
             nn.SiLU(),
@@ -120,6 +122,7 @@ class ConvNextBlock(nn.Module):
             nn.GELU(),
             nn.Linear(time_dim, 2 * in_channels if self.scale_shift else in_channels),
         )
+        self.stacked_outputs = {"time_proj.1": 2} if self.scale_shift else {}
         self.net = nn.Sequential(
             GroupNorm(1, in_channels, eps=norm_eps),
             nn.Conv2d(in_channels, hidden, 3, padding=1),

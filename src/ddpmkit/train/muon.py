@@ -11,6 +11,11 @@ CPU, where the small matrices of a U-Net iterate 2.2× faster so
 for LLM training", eq. 4), which gives the update the RMS of an AdamW step, so one ``train.lr``
 and ``train.weight_decay`` (decoupled: θ ← θ − lr·λ·θ) serve both halves. The input and output
 convolutions, the class embedding, biases and norms keep AdamW, as Muon's authors prescribe.
+
+A weight that stacks several maps along its output rows (attention's q, k and v; a block's time
+scale and shift) is one matrix to Muon by default; ``split=True`` orthogonalises each stacked
+block on its own and scales it by its own shape, as if it were a separate weight (Muon's authors
+do so for q, k and v; Jordan et al. 2024). The modules name such weights in ``stacked_outputs``.
 """
 
 from __future__ import annotations
@@ -63,10 +68,22 @@ def muon_parameters(
     return muon, adamw
 
 
+def stacked_blocks(model: torch.nn.Module) -> dict[torch.nn.Parameter, int]:
+    """Weight → number of maps stacked along its output rows, for every module that names them
+    in its ``stacked_outputs`` (submodule name → count)."""
+    blocks = {}
+    for module in model.modules():
+        for name, count in getattr(module, "stacked_outputs", {}).items():
+            blocks[module.get_submodule(name).weight] = count
+    return blocks
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """One optimizer of two parameter groups: ``muon=True`` (Muon, see the module docstring)
     and ``muon=False`` (AdamW, torch's own kernel). Both read the same ``lr``, which the
-    training loop sets on every group; ``ns_dtype`` is the Newton–Schulz iteration's."""
+    training loop sets on every group; ``ns_dtype`` is the Newton–Schulz iteration's. ``blocks``
+    (weight → count, :func:`stacked_blocks`) splits those weights' rows into that many matrices,
+    each orthogonalised and scaled on its own."""
 
     def __init__(
         self,
@@ -80,6 +97,7 @@ class MuonAdamW(torch.optim.Optimizer):
         momentum: float = 0.95,
         fused: bool | None = None,
         ns_dtype: torch.dtype = torch.bfloat16,
+        blocks: dict[torch.nn.Parameter, int] | None = None,
     ) -> None:
         groups = [
             {"params": list(muon_params), "muon": True},
@@ -95,6 +113,7 @@ class MuonAdamW(torch.optim.Optimizer):
         }
         super().__init__([g for g in groups if g["params"]], defaults)
         self.ns_dtype = ns_dtype
+        self.blocks = dict(blocks or {})
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 (torch's signature)
@@ -121,11 +140,21 @@ class MuonAdamW(torch.optim.Optimizer):
             buffer = state["momentum_buffer"]
             buffer.lerp_(grad, 1 - mu)
             nesterov = grad.lerp(buffer, mu)
-            update = orthogonalise(nesterov, dtype=self.ns_dtype)
+            count = self.blocks.get(param, 1)
             if decay:
                 param.mul_(1 - lr * decay)
-            scale = 0.2 * math.sqrt(max(grad.shape))
-            param.add_(update.view_as(param).to(param.dtype), alpha=-lr * scale)
+            if count == 1:
+                update = orthogonalise(nesterov, dtype=self.ns_dtype)
+                scale = 0.2 * math.sqrt(max(grad.shape))
+                param.add_(update.view_as(param).to(param.dtype), alpha=-lr * scale)
+                continue
+            rows = grad.size(0) // count
+            scale = 0.2 * math.sqrt(max(rows, grad.size(1)))
+            for part, block in zip(
+                param.view(count, rows, -1), nesterov.view(count, rows, -1), strict=True
+            ):
+                update = orthogonalise(block, dtype=self.ns_dtype)
+                part.add_(update.to(param.dtype), alpha=-lr * scale)
 
     def _adamw_step(self, group: dict) -> None:
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []

@@ -13,7 +13,7 @@ from ddpmkit.errors import ConfigError, RunDirError
 from ddpmkit.nn import UNet
 from ddpmkit.rundir import Checkpoint, RunDir
 from ddpmkit.timesteps import make_timestep_sampler
-from ddpmkit.train.muon import MuonAdamW, muon_parameters
+from ddpmkit.train.muon import MuonAdamW, muon_parameters, stacked_blocks
 from ddpmkit.train.state import TrainState
 
 
@@ -86,7 +86,10 @@ def make_optimizer(
     if tc.optimizer == "muon":
         hidden, rest = muon_parameters(model)
         ns_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-        return MuonAdamW(hidden, rest, momentum=tc.muon_momentum, ns_dtype=ns_dtype, **adamw)
+        blocks = stacked_blocks(model) if tc.muon_split else None
+        return MuonAdamW(
+            hidden, rest, momentum=tc.muon_momentum, ns_dtype=ns_dtype, blocks=blocks, **adamw
+        )
     return torch.optim.AdamW(model.parameters(), **adamw)
 
 
