@@ -189,6 +189,10 @@ def test_an_unknown_optimizer_is_one_line_naming_the_choices():
     config.train.optimizer, config.train.muon_momentum = "muon", 1.0
     with pytest.raises(ConfigError, match="muon_momentum"):
         config.validate()
+    config.train.optimizer, config.train.muon_momentum = "adamw", 0.95
+    config.train.muon_split = True
+    with pytest.raises(ConfigError, match=r"^train.muon_split splits Muon's matrices; .*'adamw'"):
+        config.validate()
 
 
 def test_a_muon_run_resumes_bit_for_bit(shapes_npz, tmp_path, one_thread):

@@ -111,6 +111,11 @@ class TrainConfig:
         check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         if not 0 <= self.muon_momentum < 1:
             raise ConfigError(f"train.muon_momentum must lie in [0, 1), got {self.muon_momentum}")
+        if self.muon_split and self.optimizer != "muon":
+            raise ConfigError(
+                f"train.muon_split splits Muon's matrices; train.optimizer is '{self.optimizer}' "
+                "(set train.optimizer=muon, or leave muon_split off)"
+            )
         check_choice("train.timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")

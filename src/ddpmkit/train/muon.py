@@ -13,9 +13,10 @@ and ``train.weight_decay`` (decoupled: θ ← θ − lr·λ·θ) serve both halv
 convolutions, the class embedding, biases and norms keep AdamW, as Muon's authors prescribe.
 
 A weight that stacks several maps along its output rows (attention's q, k and v; a block's time
-scale and shift) is one matrix to Muon by default; ``split=True`` orthogonalises each stacked
-block on its own and scales it by its own shape, as if it were a separate weight (Muon's authors
-do so for q, k and v; Jordan et al. 2024). The modules name such weights in ``stacked_outputs``.
+scale and shift) is one matrix to Muon by default; ``train.muon_split`` (the optimizer's
+``blocks``) orthogonalises each stacked block on its own and scales it by its own shape, as if it
+were a separate weight (Muon's authors do so for q, k and v; Jordan et al. 2024). The modules
+name such weights in ``stacked_outputs``.
 """
 
 from __future__ import annotations
