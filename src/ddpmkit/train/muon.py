@@ -141,21 +141,13 @@ class MuonAdamW(torch.optim.Optimizer):
             buffer = state["momentum_buffer"]
             buffer.lerp_(grad, 1 - mu)
             nesterov = grad.lerp(buffer, mu)
-            count = self.blocks.get(param, 1)
+            rows = grad.size(0) // self.blocks.get(param, 1)
+            parts = [orthogonalise(block, dtype=self.ns_dtype) for block in nesterov.split(rows)]
+            update = parts[0] if len(parts) == 1 else torch.cat(parts)
             if decay:
                 param.mul_(1 - lr * decay)
-            if count == 1:
-                update = orthogonalise(nesterov, dtype=self.ns_dtype)
-                scale = 0.2 * math.sqrt(max(grad.shape))
-                param.add_(update.view_as(param).to(param.dtype), alpha=-lr * scale)
-                continue
-            rows = grad.size(0) // count
             scale = 0.2 * math.sqrt(max(rows, grad.size(1)))
-            for part, block in zip(
-                param.view(count, rows, -1), nesterov.view(count, rows, -1), strict=True
-            ):
-                update = orthogonalise(block, dtype=self.ns_dtype)
-                part.add_(update.to(param.dtype), alpha=-lr * scale)
+            param.add_(update.view_as(param).to(param.dtype), alpha=-lr * scale)
 
     def _adamw_step(self, group: dict) -> None:
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
