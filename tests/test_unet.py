@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -236,36 +237,53 @@ def test_config_json_round_trip_and_state_dict() -> None:
     UNet(rebuilt).load_state_dict(UNet(cfg).state_dict())
 
 
-@pytest.mark.parametrize(
-    ("overrides", "match"),
-    [
-        (dict(norm_groups=3), "norm_groups=3 must divide"),
-        (dict(attention=("none",)), "1 entries but unet.channel_mults has 2 levels"),
-        (dict(attention=("none", "flash")), "unknown attention 'flash'"),
-        (dict(mid_attention="global"), "unknown attention 'global'"),
-        (dict(attention="full"), "unet.attention must be a list"),
-        (
-            dict(block_type="transformer"),
-            "unknown unet.block_type .transformer.: choose one of resnet",
-        ),
-        (dict(time_conditioning="film"), "unknown unet.time_conditioning .film.: choose one of"),
-        (dict(attention_heads=3), "attention_heads=3 must divide"),
-        (dict(attention_head_dim=0), "attention_head_dim"),
-        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
-        (dict(dropout="0.1"), "dropout must be a number"),
-        (dict(in_channels=0), "in_channels must be an integer >= 1"),
-        (dict(base_channels=8.0), "base_channels must be an integer"),
-        (dict(blocks_per_resolution=True), "blocks_per_resolution must be an integer"),
-        (dict(channel_mults=()), "channel_mults must be a non-empty list"),
-        (dict(channel_mults=(1, 0)), "channel_mults must hold integers >= 1"),
-        (dict(learned_variance="yes"), "learned_variance must be true or false"),
-        (dict(patch_size=0), "patch_size must be an integer >= 1"),
-        (dict(patch_size=2.0), "patch_size must be an integer >= 1"),
-    ],
-)
+BAD_MODEL_SETTINGS = [
+    (dict(norm_groups=3), "norm_groups=3 must divide"),
+    (dict(attention=("none",)), "1 entries but model.channel_mults has 2 levels"),
+    (dict(attention=("none", "flash")), "unknown attention 'flash'"),
+    (dict(mid_attention="global"), "unknown attention 'global'"),
+    (dict(attention="full"), "model.attention must be a list"),
+    (
+        dict(block_type="transformer"),
+        "unknown model.block_type .transformer.: choose one of resnet",
+    ),
+    (dict(time_conditioning="film"), "unknown model.time_conditioning .film.: choose one of"),
+    (dict(attention_heads=3), "attention_heads=3 must divide"),
+    (dict(attention_head_dim=0), "attention_head_dim"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+    (dict(dropout="0.1"), "dropout must be a number"),
+    (dict(in_channels=0), "in_channels must be an integer >= 1"),
+    (dict(base_channels=8.0), "base_channels must be an integer"),
+    (dict(blocks_per_resolution=True), "blocks_per_resolution must be an integer"),
+    (dict(channel_mults=()), "channel_mults must be a non-empty list"),
+    (dict(channel_mults=(1, 0)), "channel_mults must hold integers >= 1"),
+    (dict(learned_variance="yes"), "learned_variance must be true or false"),
+    (dict(patch_size=0), "patch_size must be an integer >= 1"),
+    (dict(patch_size=2.0), "patch_size must be an integer >= 1"),
+    (dict(attention_heads=5), "set model.attention_head_dim"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "match"), BAD_MODEL_SETTINGS)
 def test_bad_config_raises(overrides: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         small_config(**overrides)
+
+
+@pytest.mark.parametrize(("overrides", "match"), BAD_MODEL_SETTINGS)
+def test_bad_config_names_keys_a_user_can_type(overrides: dict[str, object], match: str) -> None:
+    """Every ``section.key`` an error names is one that a config file or a KEY=VALUE override
+    takes (the section ``model``, not the class's name ``unet``)."""
+    from ddpmkit.config import RunConfig
+
+    assert "model" in {f.name for f in dataclasses.fields(RunConfig)}
+    with pytest.raises(ConfigError) as caught:
+        small_config(**overrides)
+    named = re.findall(r"\b([a-z]+)\.([a-z_]+)\b", str(caught.value))
+    assert named, str(caught.value)
+    for section, key in named:
+        assert section == "model", str(caught.value)
+        assert key in {f.name for f in dataclasses.fields(UNetConfig)}, str(caught.value)
 
 
 def test_config_accepts_heads_not_dividing_when_head_dim_given() -> None:

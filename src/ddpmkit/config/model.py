@@ -105,68 +105,68 @@ class UNetConfig:
         ):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ConfigError(f"unet.{name} must be an integer >= 1, got {value!r}")
+                raise ConfigError(f"model.{name} must be an integer >= 1, got {value!r}")
         mults = self.channel_mults
         if not isinstance(mults, tuple) or not mults:
             raise ConfigError(
-                f"unet.channel_mults must be a non-empty list of integers, got {mults!r}"
+                f"model.channel_mults must be a non-empty list of integers, got {mults!r}"
             )
         if not all(_is_int(m) and m >= 1 for m in mults):
-            raise ConfigError(f"unet.channel_mults must hold integers >= 1, got {list(mults)}")
-        check_choice("unet.block_type", self.block_type, BLOCK_TYPES)
-        check_choice("unet.time_conditioning", self.time_conditioning, TIME_CONDITIONINGS)
+            raise ConfigError(f"model.channel_mults must hold integers >= 1, got {list(mults)}")
+        check_choice("model.block_type", self.block_type, BLOCK_TYPES)
+        check_choice("model.time_conditioning", self.time_conditioning, TIME_CONDITIONINGS)
         attn = self.attention
         if not isinstance(attn, tuple):
             raise ConfigError(
-                f"unet.attention must be a list with one of {', '.join(ATTENTION_KINDS)} per "
+                f"model.attention must be a list with one of {', '.join(ATTENTION_KINDS)} per "
                 f"resolution level, got {attn!r}"
             )
         if len(attn) != len(mults):
             raise ConfigError(
-                f"unet.attention has {len(attn)} entries but unet.channel_mults has "
+                f"model.attention has {len(attn)} entries but model.channel_mults has "
                 f"{len(mults)} levels; give one of {', '.join(ATTENTION_KINDS)} per level"
             )
         for kind in (*attn, self.mid_attention):
             if kind not in ATTENTION_KINDS:
                 raise ConfigError(
-                    f"unknown attention {kind!r} in unet.attention/unet.mid_attention; "
+                    f"unknown attention {kind!r} in model.attention/model.mid_attention; "
                     f"expected one of {', '.join(ATTENTION_KINDS)}"
                 )
         head_dim = self.attention_head_dim
         if head_dim is not None and (not _is_int(head_dim) or head_dim < 1):
             raise ConfigError(
-                f"unet.attention_head_dim must be null or an integer >= 1, got {head_dim!r}"
+                f"model.attention_head_dim must be null or an integer >= 1, got {head_dim!r}"
             )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, float):
-            raise ConfigError(f"unet.dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"model.dropout must be a number in [0, 1), got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"unet.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not isinstance(self.checkpointing, bool):
             raise ConfigError(
-                f"unet.checkpointing must be true or false, got {self.checkpointing!r}"
+                f"model.checkpointing must be true or false, got {self.checkpointing!r}"
             )
         if not isinstance(self.learned_variance, bool):
             raise ConfigError(
-                f"unet.learned_variance must be true or false, got {self.learned_variance!r}"
+                f"model.learned_variance must be true or false, got {self.learned_variance!r}"
             )
         eps = self.norm_eps
         if not isinstance(eps, float) or not (math.isfinite(eps) and 0 < eps < 1):
-            raise ConfigError(f"unet.norm_eps must be a number in (0, 1), got {eps!r}")
-        check_choice("unet.downsample_padding", self.downsample_padding, DOWNSAMPLE_PADDINGS)
+            raise ConfigError(f"model.norm_eps must be a number in (0, 1), got {eps!r}")
+        check_choice("model.downsample_padding", self.downsample_padding, DOWNSAMPLE_PADDINGS)
         if not isinstance(self.time_flip_sin_to_cos, bool):
             raise ConfigError(
-                "unet.time_flip_sin_to_cos must be true or false, "
+                "model.time_flip_sin_to_cos must be true or false, "
                 f"got {self.time_flip_sin_to_cos!r}"
             )
         shift = self.time_freq_shift
         if not _is_int(shift) or shift not in (0, 1):
-            raise ConfigError(f"unet.time_freq_shift must be 0 or 1, got {shift!r}")
-        check_choice("unet.time_frequencies", self.time_frequencies, TIME_FREQUENCY_ORDERS)
+            raise ConfigError(f"model.time_freq_shift must be 0 or 1, got {shift!r}")
+        check_choice("model.time_frequencies", self.time_frequencies, TIME_FREQUENCY_ORDERS)
         channels = self.level_channels
         bad = sorted({c for c in channels if c % self.norm_groups})
         if bad:
             raise ConfigError(
-                f"unet.norm_groups={self.norm_groups} must divide every channel count of the "
+                f"model.norm_groups={self.norm_groups} must divide every channel count of the "
                 f"U-Net ({'/'.join(map(str, channels))} from base_channels={self.base_channels} "
                 f"x channel_mults={list(mults)}), but does not divide {bad[0]}"
             )
@@ -175,8 +175,8 @@ class UNetConfig:
             for kind, ch in kinds:
                 if kind != "none" and ch % self.attention_heads:
                     raise ConfigError(
-                        f"unet.attention_heads={self.attention_heads} must divide the {ch} "
-                        "channels of every level with attention (or set unet.attention_head_dim)"
+                        f"model.attention_heads={self.attention_heads} must divide the {ch} "
+                        "channels of every level with attention (or set model.attention_head_dim)"
                     )
 
     def to_dict(self) -> dict[str, Any]:
