@@ -218,7 +218,7 @@ def test_apply_overrides_does_not_modify_its_input():
         ("sample.sampler=euler", "unknown sample.sampler 'euler'"),
         ("sample.num_samples=0", "sample.num_samples must be >= 1"),
         ("sample.steps=0", "sample.steps must be >= 1"),
-        ("diffusion.schedule=exp", "unknown schedule 'exp'"),
+        ("diffusion.schedule=exp", "unknown diffusion.schedule 'exp'"),
         ("data.channels=2", "channels must be 1 (grayscale) or 3 (RGB)"),
     ],
 )
@@ -397,6 +397,34 @@ def test_model_in_channels_follows_data_channels_unless_given():
     )
     with pytest.raises(ConfigError, match="must equal data.channels"):
         resolve_config(overrides=["data.channels=3", "model.in_channels=1"])
+
+
+def test_model_learned_variance_follows_the_variance_unless_given():
+    """Asked once, as README says: diffusion.variance=learned_range alone doubles the U-Net's
+    outputs; an agreeing model.learned_variance is accepted, a contradicting one is one line
+    (it used to be replaced without a word)."""
+    from ddpmkit.nn import UNet
+
+    derived = resolve_config(overrides=["diffusion.variance=learned_range", "loss=hybrid"])
+    assert derived.model.learned_variance and derived.model.out_channels == 2
+    assert UNet(derived.model).out[-1].out_channels == 2 * derived.model.in_channels
+    agreeing = resolve_config(
+        overrides=["diffusion.variance=learned_range", "loss=hybrid", "model.learned_variance=true"]
+    )
+    assert agreeing.model == derived.model
+    for overrides, given, needed in [
+        (["model.learned_variance=true"], "true", "false"),
+        (
+            ["diffusion.variance=learned", "loss=hybrid", "model.learned_variance=false"],
+            "false",
+            "true",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            resolve_config(overrides=overrides)
+        message = str(info.value)
+        assert f"model.learned_variance={given} contradicts diffusion.variance=" in message
+        assert f"(which needs {needed})" in message and "\n" not in message
 
 
 def test_the_default_depth_is_defined_once():

@@ -154,7 +154,7 @@ def test_respacing_keeps_alpha_bar_on_the_subset():
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError, match="unknown prediction 'score'"):
+    with pytest.raises(ConfigError, match="unknown diffusion.prediction 'score'"):
         DiffusionConfig(prediction="score").validate()
     with pytest.raises(ConfigError, match="unknown variance"):
         GaussianDiffusion(make_schedule("linear", 10 * 100), variance="big")

@@ -169,7 +169,7 @@ def test_edm_options_that_do_not_fit_are_refused():
         DiffusionConfig(process="edm", prediction="v").validate()
     with pytest.raises(ConfigError, match="variance must be fixed_small or fixed_large"):
         DiffusionConfig(process="edm", variance="learned_range").validate()
-    with pytest.raises(ConfigError, match="unknown process 'vp'"):
+    with pytest.raises(ConfigError, match="unknown diffusion.process 'vp'"):
         DiffusionConfig(process="vp").validate()
 
 

@@ -98,7 +98,7 @@ def test_a_shifted_schedule_multiplies_the_snr_by_the_shift_squared(shift):
 
 
 def test_bad_weighting_options_are_refused():
-    with pytest.raises(ConfigError, match="unknown loss weighting 'snr'"):
+    with pytest.raises(ConfigError, match="unknown diffusion.loss_weight 'snr'"):
         DiffusionConfig(loss_weight="snr").validate()
     with pytest.raises(ConfigError, match="min_snr_gamma must be > 0"):
         DiffusionConfig(loss_weight="min_snr", min_snr_gamma=0).validate()
@@ -119,3 +119,15 @@ def test_an_exported_shifted_schedule_carries_its_betas():
     np.testing.assert_allclose(exported["trained_betas"], ours, rtol=0)
     assert exported["trained_betas"] is not None
     assert scheduler_to_diffusers(DiffusionConfig(), clip_x0=True)["trained_betas"] is None
+
+
+def test_every_configurable_weighting_has_its_function_and_no_more():
+    """The config's torch-free list of names and the functions keyed by name agree: a name the
+    config takes has weights (``none`` has none), and a function cannot hide behind a name the
+    config refuses."""
+    from ddpmkit.config.diffusion import LOSS_WEIGHTS
+    from ddpmkit.loss_weights import WEIGHTINGS
+
+    assert set(WEIGHTINGS) == set(LOSS_WEIGHTS) - {"none"}
+    for name in LOSS_WEIGHTS:
+        DiffusionConfig(loss_weight=name).validate()  # each name is taken

@@ -68,15 +68,15 @@ class DiffusionConfig:
         return self.variance in LEARNED_VARIANCES
 
     def validate(self) -> None:
-        check_choice("schedule", self.schedule, SCHEDULE_NAMES)
-        check_choice("prediction", self.prediction, PREDICTIONS)
-        check_choice("variance", self.variance, VARIANCES)
-        check_choice("loss", self.loss, LOSSES)
+        check_choice("diffusion.schedule", self.schedule, SCHEDULE_NAMES)
+        check_choice("diffusion.prediction", self.prediction, PREDICTIONS)
+        check_choice("diffusion.variance", self.variance, VARIANCES)
+        check_choice("diffusion.loss", self.loss, LOSSES)
         if self.num_steps < 1:
             raise ConfigError(f"diffusion.num_steps must be >= 1, got {self.num_steps}")
         if self.vb_weight < 0:
             raise ConfigError(f"diffusion.vb_weight must be >= 0, got {self.vb_weight}")
-        check_choice("loss weighting", self.loss_weight, LOSS_WEIGHTS)
+        check_choice("diffusion.loss_weight", self.loss_weight, LOSS_WEIGHTS)
         for key in ("min_snr_gamma", "p2_k", "schedule_shift"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"diffusion.{key} must be > 0, got {getattr(self, key)}")
@@ -87,7 +87,7 @@ class DiffusionConfig:
                 "diffusion.loss_weight weights the simple loss; loss=kl has none: use "
                 "loss=l2 (or hybrid)"
             )
-        check_choice("process", self.process, PROCESSES)
+        check_choice("diffusion.process", self.process, PROCESSES)
         if self.process == "edm":
             self._check_edm()
         if self.loss == "hybrid" and not self.learned_variance:

@@ -143,7 +143,8 @@ class SampleConfig:
 
     num_samples: int = 64
     sampler: str = "ddim"  # 100 DDIM steps: as good as 1000 ancestral ones on digits, 10x faster
-    steps: int | None = 100  # capped at T; None: every step for ddpm, 50 for ddim
+    # capped at T; None: the sampler's own (all T for ddpm, 50 ddim, 20 dpm++, 18 heun)
+    steps: int | None = 100
     eta: float = 0.0
     clip_x0: bool = True
 
@@ -189,6 +190,16 @@ class RunConfig:
             raise ConfigError(
                 f"model.in_channels ({self.model.in_channels}) must equal data.channels "
                 f"({self.data.channels})"
+            )
+        if self.model.learned_variance != self.diffusion.learned_variance:
+            given, needed = (
+                str(v).lower()
+                for v in (self.model.learned_variance, self.diffusion.learned_variance)
+            )
+            raise ConfigError(
+                f"model.learned_variance={given} contradicts diffusion.variance="
+                f"{self.diffusion.variance} (which needs {needed}); leave "
+                "model.learned_variance out: it follows diffusion.variance"
             )
         multiple = self.model.size_multiple
         if self.data.image_size % multiple:
@@ -440,8 +451,9 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     if "in_channels" not in d.get("model", {}):
         # the network's input channels are the data's: derived unless given (then checked)
         config.model = dataclasses.replace(config.model, in_channels=config.data.channels)
-    if config.model.learned_variance != config.diffusion.learned_variance:
-        # the network's output channels follow from the variance choice: derive, don't ask twice
+    if "learned_variance" not in d.get("model", {}):
+        # the network's output channels follow from the variance choice: derived unless given
+        # (then checked)
         config.model = dataclasses.replace(
             config.model, learned_variance=config.diffusion.learned_variance
         )
