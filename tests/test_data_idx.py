@@ -187,3 +187,19 @@ def test_unlabelled_idx_images_load_without_labels(tmp_path):
     write_idx(tmp_path / "train-images-idx3-ubyte", images, gz=True)
     data = load(tmp_path)
     assert data.labels is None and np.array_equal(pixels(data), images)
+
+
+def test_nll_on_another_split_reads_the_data_as_written(authors, tmp_path):
+    """A run trained on an idx folder's train split (data.split=train) bounds ``FOLDER:test``
+    (the 7 t10k images), not a split conflict between the run's split and the one written."""
+    from conftest import TINY, train_run
+    from ddpmkit.evaluation.nll import run_nll
+
+    folder, _, test = authors
+    overrides = [f"data.source={folder}", "data.split=train", *TINY, "train.steps=2"]
+    train_run(tmp_path / "run", overrides)
+    report, _ = run_nll(
+        tmp_path / "run", data=f"{folder}:test", n=100, out=tmp_path / "nll.json", progress=False
+    )
+    assert (report.n, report.source) == (len(test[0]), f"{folder}:test")  # all 7, not 100 of 30
+    assert np.isfinite(report.bits_per_dim)

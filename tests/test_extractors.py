@@ -295,3 +295,23 @@ def test_fashion_mnist_runs_are_judged_against_the_test_split():
     digits = DataConfig(source="digits")
     assert default_reference(digits) is digits and default_classifier(digits) == "digits"
     assert default_classifier(DataConfig(source="x.npz")) is None
+
+
+def test_eval_data_is_read_as_written_at_the_runs_size():
+    """``ddpm eval --data X`` judges against X with X's own split, not the run's reference split:
+    a Fashion-MNIST run's default is its test split, but ``--data ./folder`` (no splits) or
+    ``--data fashion-mnist:train`` used to inherit split=test and fail, and a CIFAR folder
+    silently gave its test split."""
+    from ddpmkit.evaluation.quality import reference_data
+
+    run = DataConfig(source="fashion-mnist", image_size=28, random_flip=True)
+    assert (reference_data(run).source, reference_data(run).split) == ("fashion-mnist", "test")
+    for given in ("./folder", "fashion-mnist:train", "cifar-10-batches-bin", "hf:user/set:test"):
+        ref = reference_data(run, given)
+        assert (ref.source, ref.split, ref.random_flip) == (given, None, False)
+        assert (ref.image_size, ref.channels) == (28, 1)  # the run's samples' shape
+        ref.validate()
+    hf_run = DataConfig(source="hf:user/set", split="validation", image_size=32, channels=3)
+    assert reference_data(hf_run, "hf:user/set:test").split is None  # the suffix decides
+    assert reference_data(hf_run).split == "validation"  # no --data: the run's own
+    assert hf_run.read_as_written("./imgs") == reference_data(hf_run, "./imgs")  # nll's too

@@ -212,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nll.add_argument("run_dir", metavar="RUN_DIR")
     nll.add_argument(
-        "--data", metavar="digits|PATH|hf:NAME", help="data source (default: the run's)"
+        "--data",
+        metavar="digits|PATH|hf:NAME[:SPLIT]",
+        help="data source, read as written (its :SPLIT, else the source's default split) at the "
+        "run's size (default: the run's data)",
     )
     nll.add_argument(
         "--n",
@@ -231,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample quality: FID, KID, precision/recall per sampler and step count",
         description="Draw --n samples per sampler and step count with the run's EMA weights (or "
         "read --samples), embed them with a feature extractor (digits: the shipped CNN, the "
-        "default for the built-in digits; inception: the FID Inception-v3, weights read from "
-        "--feature-weights) and compare them with the run's data. Results are merged into "
-        "RUN_DIR/eval.json; with several samplers or step counts a quality-vs-NFE table "
-        "(eval.md) and plot (quality_vs_nfe.png, needs matplotlib) are written too.",
+        "default for the built-in digits; fashion-mnist: the shipped CNN for Fashion-MNIST "
+        "runs, judged against its test split; inception: the FID Inception-v3, weights read "
+        "from --feature-weights) and compare them with the run's data. Results are merged into "
+        "RUN_DIR/eval.json and its table (eval.md); with several samplers or step counts a "
+        "quality-vs-NFE plot (quality_vs_nfe.png, needs matplotlib) is written too.",
     )
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument(
@@ -278,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--samples", metavar="NPZ", help="score these uint8 NHWC images (arr_0) instead of sampling"
     )
-    ev.add_argument("--data", metavar="digits|PATH", help="reference data (default: the run's)")
+    ev.add_argument(
+        "--data",
+        metavar="digits|PATH[:SPLIT]",
+        help="reference data, read as written (its :SPLIT, else the source's default split) "
+        "at the run's size (default: the run's data; Fashion-MNIST runs: its test split)",
+    )
     ev.add_argument("--batch", type=int, default=500, help="images per batch (default 500)")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ev.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ddpmkit.config.messages import check_choice
@@ -80,6 +80,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.source, os.PathLike):
             self.source = os.fspath(self.source)
+
+    def read_as_written(self, source: str) -> DataConfig:
+        """``source`` at this config's size, channels and loading settings, read as written:
+        its own split (a ``:SPLIT`` suffix, else the source's default), no flips. What
+        ``ddpm eval --data`` and ``ddpm nll --data`` judge a run's samples or bound on."""
+        return replace(self, source=source, split=None, random_flip=False)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a value of the wrong type or out of range."""

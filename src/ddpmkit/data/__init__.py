@@ -237,8 +237,8 @@ def _open_idx(
 def uses_cache(cfg: DataConfig, decoded: DecodedSource) -> bool:
     """``data.cache``: ``on``, or ``auto`` for a stream, a source of :data:`CACHE_MIN_IMAGES`
     images or more, or one whose images take more than a quarter of this machine's memory
-    (digits and CIFAR, read whole in well under a second, are not counted up front: ``auto``
-    leaves them in memory)."""
+    (digits, CIFAR and the idx sources such as ``fashion-mnist``, read whole in seconds at most,
+    are not counted up front: ``auto`` leaves them in memory)."""
     if cfg.cache != "auto":
         return cfg.cache == "on"
     if cfg.streaming:

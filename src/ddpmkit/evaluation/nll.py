@@ -130,16 +130,13 @@ def run_nll(
     """``ddpm nll``: the bound of ``n`` images of the run's data (or ``data``), written to
     ``out`` (default ``RUN_DIR/nll.json``). Under ``torchrun`` the processes split the images
     and process 0 writes; the others return the report and no path."""
-    import dataclasses
 
     from ddpmkit.run.loaded import load_run
     from ddpmkit.sharding import torchrun_processes
 
     with torchrun_processes(device) as (distributed, rank, device):
         run = load_run(run_dir, weights=weights, device=device, step=step)
-        source = run.config.data
-        if data is not None:
-            source = dataclasses.replace(source, source=data, random_flip=False)
+        source = run.config.data if data is None else run.config.data.read_as_written(data)
         shown = progress and rank == 0
         report = evaluate_nll(run, source, n, batch_size, seed, shown, distributed)
     if rank != 0:

@@ -456,6 +456,15 @@ def default_reference(data: DataConfig) -> DataConfig:
     return data
 
 
+def reference_data(run_data: DataConfig, data: str | None = None) -> DataConfig:
+    """The images ``ddpm eval`` judges a run against: ``data`` (``--data``) as given, with its
+    own split (a ``:SPLIT`` suffix, else the source's default), at the run's size and channels;
+    without it the run's :func:`default_reference`."""
+    if data is None:
+        return default_reference(run_data)
+    return run_data.read_as_written(data)
+
+
 def default_classifier(data: DataConfig) -> str | None:
     """The judge of every row's classes (shares; accuracy of conditional samples): the shipped
     classifier of a built-in data set."""
@@ -529,15 +538,13 @@ def run_eval(
         request.classifier = classifier or default_classifier(run.config.data)
         if request.samples is None:
             plan(request, run.diffusion.num_steps)  # a bad sampler or step count fails first
-        reference_data = default_reference(run.config.data)
-        if data is not None:
-            reference_data = dataclasses.replace(reference_data, source=data, random_flip=False)
-        name = chosen or default_features(reference_data)
+        judged_against = reference_data(run.config.data, data)
+        name = chosen or default_features(judged_against)
         check_features(name)
         extractor = load_extractor(name, weights=feature_weights, device=run.device)
         shown = progress and rank == 0
         cache = Path(cache_dir) if cache_dir else None
-        reference = reference_for(reference_data, extractor, cache, shown, distributed)
+        reference = reference_for(judged_against, extractor, cache, shown, distributed)
         if rank != 0:  # this process's share of samples and features; process 0 scores
             evaluate(run, request, extractor, None, weights, False, distributed)
             return None
