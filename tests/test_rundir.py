@@ -291,6 +291,29 @@ def test_a_missing_manifest_or_latest_pointer(tmp_path, config):
     assert run.load_checkpoint(files=()).step == 2
 
 
+@pytest.mark.parametrize("damage", ["manifest", "folder"])
+def test_a_latest_pointer_to_a_lost_checkpoint_warns_and_falls_back(tmp_path, config, damage):
+    """``latest`` names step 3, whose folder lost its manifest (half-written) or is gone: the
+    newest complete checkpoint is used, with a warning naming both steps (README, Reliability)."""
+    import shutil
+
+    run = new_run(tmp_path, config)
+    good = make_state(config, steps=2)
+    save(run, good)
+    save(run, make_state(config, steps=3))
+    assert run.latest_step() == 3
+    if damage == "manifest":
+        (run.checkpoint_path(3) / "manifest.json").unlink()
+    else:
+        shutil.rmtree(run.checkpoint_path(3))
+    with pytest.warns(
+        UserWarning, match="latest names step 3, .* missing or incomplete; .* step 2"
+    ):
+        loaded = load_run(run.path, device="cpu")
+    assert loaded.step == 2
+    assert_same_state(loaded.model, good.ema)
+
+
 def test_leftovers_of_an_interrupted_write_are_ignored_then_removed(tmp_path, config):
     run = new_run(tmp_path, config)
     save(run, make_state(config, steps=2))

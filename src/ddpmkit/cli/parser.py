@@ -486,7 +486,8 @@ def _add_editing_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="sampling steps (default: inpainting's repaint the paper's 250, or all T when T is "
-        "smaller; otherwise the sampler's own: all T for ddpm, 50 ddim, 20 dpm++, 18 heun)",
+        "smaller; otherwise the sampler's own: all T for ddpm (edit: the strength·T steps below "
+        "its start), 50 ddim, 20 dpm++, 18 heun, at most that many)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
