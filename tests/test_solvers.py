@@ -1,9 +1,10 @@
-"""DPM-Solver++(2M) and Heun driven by the exact denoiser of Gaussian data N(μ, s²).
+"""DPM-Solver++(2M), Heun and DDIM driven by the exact denoiser of Gaussian data N(μ, s²).
 
 With the exact denoiser every solver step is affine in x, so the sampler maps x_T to A·x_T + B and
 the sample variance is exactly A² (x_T ~ N(0, 1)). The recurrences below re-derive A and B in
 numpy, written from the papers' update rules and independent of ddpmkit's code (only the choice of
-timesteps is shared, and it is tested separately); the model is the numpy oracle of
+DPM-Solver++'s and Heun's timesteps is shared, and it is tested separately; DDIM's are written
+here); the model is the numpy oracle of
 tests/gaussian_oracle.py. The exact probability-flow ODE maps
 N(0, 1/ᾱ_T) in x/α space to variance s²(1 + σ̃_T²)/(s² + σ̃_T²) ≈ s², the target as NFE grows.
 """
@@ -108,9 +109,25 @@ def derived_heun(timesteps):
     return x
 
 
+def derived_ddim(steps):
+    """Song et al. 2021, eq. 12 with η = 0 on ``steps`` timesteps evenly spread over [0, T − 1]
+    (rounded; a single step starts from pure noise, at T − 1): x_s = √ᾱ_s x̂₀ + √(1 − ᾱ_s) ε̂
+    with ε̂ = (x_t − √ᾱ_t x̂₀)/√(1 − ᾱ_t), and ᾱ = 1 after the last step (the sample is x̂₀)."""
+    grid = [T - 1] if steps == 1 else np.linspace(0, T - 1, steps)
+    ts = sorted({int(round(v)) for v in grid})[::-1]
+    x = Affine(1.0, 0.0)
+    for k, t in enumerate(ts):
+        x0 = posterior_x0(x, t)
+        eps = (x - np.sqrt(ALPHA_BAR[t]) * x0) / np.sqrt(1 - ALPHA_BAR[t])
+        ab_next = ALPHA_BAR[ts[k + 1]] if k + 1 < len(ts) else 1.0
+        x = np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next) * eps
+    return x
+
+
 DERIVED = {
     "dpm++": lambda k: derived_dpm_solver_pp(log_snr_timesteps(ALPHA_BAR, k)),
     "heun": lambda k: derived_heun(karras_timesteps(ALPHA_BAR, k)),
+    "ddim": derived_ddim,
 }
 
 
@@ -139,7 +156,7 @@ def affine_map(sampler, steps, prediction="eps"):
     return (out[1] - out[0]).item(), out[0].item()
 
 
-@pytest.mark.parametrize("sampler", ["dpm++", "heun"])
+@pytest.mark.parametrize("sampler", ["dpm++", "heun", "ddim"])
 @pytest.mark.parametrize("steps", [1, 2, 5, 10, 20, 50])
 def test_solver_matches_the_independent_derivation(sampler, steps):
     a, b = affine_map(sampler, steps)
