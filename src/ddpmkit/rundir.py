@@ -400,13 +400,13 @@ class RunDir:
                 )
             return self._read_checkpoint(step, files)
         latest = self.latest_step()
-        if latest is not None and latest not in steps:
-            warnings.warn(
-                f"checkpoints/latest names step {latest}, whose checkpoint is missing or "
-                f"incomplete; using the checkpoint of step {steps[-1]} instead",
-                stacklevel=2,
-            )
         if latest not in steps:
+            if latest is not None:
+                warnings.warn(
+                    f"checkpoints/latest names step {latest}, whose checkpoint is missing or "
+                    f"incomplete; using the checkpoint of step {steps[-1]} instead",
+                    stacklevel=2,
+                )
             latest = steps[-1]
         candidates = [latest] + [s for s in reversed(steps) if s != latest]
         failures: list[str] = []

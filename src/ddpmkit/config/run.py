@@ -192,10 +192,8 @@ class RunConfig:
                 f"({self.data.channels})"
             )
         if self.model.learned_variance != self.diffusion.learned_variance:
-            given, needed = (
-                str(v).lower()
-                for v in (self.model.learned_variance, self.diffusion.learned_variance)
-            )
+            given = str(self.model.learned_variance).lower()
+            needed = str(self.diffusion.learned_variance).lower()
             raise ConfigError(
                 f"model.learned_variance={given} contradicts diffusion.variance="
                 f"{self.diffusion.variance} (which needs {needed}); leave "
@@ -448,15 +446,16 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"config section '{name}' must be a table of key = value pairs")
         sections[name] = _build_section(name, values)
     config = RunConfig(**sections)
-    if "in_channels" not in d.get("model", {}):
-        # the network's input channels are the data's: derived unless given (then checked)
-        config.model = dataclasses.replace(config.model, in_channels=config.data.channels)
-    if "learned_variance" not in d.get("model", {}):
-        # the network's output channels follow from the variance choice: derived unless given
-        # (then checked)
-        config.model = dataclasses.replace(
-            config.model, learned_variance=config.diffusion.learned_variance
-        )
+    # the network's input channels are the data's and its output channels follow from the
+    # variance choice: derived unless given (then checked by validate)
+    derived = {
+        "in_channels": config.data.channels,
+        "learned_variance": config.diffusion.learned_variance,
+    }
+    given = d.get("model", {})
+    config.model = dataclasses.replace(
+        config.model, **{key: value for key, value in derived.items() if key not in given}
+    )
     _checked("config", config.validate)
     return config
 
