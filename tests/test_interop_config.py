@@ -54,6 +54,7 @@ def test_google_cifar10_config_is_ho_et_al_layout() -> None:
         {"learned_variance": True, "in_channels": 3, "downsample_padding": "same"},
         {"mid_attention": "none", "attention": ("full", "none", "none")},
         {"time_flip_sin_to_cos": True, "time_freq_shift": 0, "dropout": 0.1},
+        {"time_embed_dim": 24},
     ],
 )
 def test_unet_config_round_trip(options: dict) -> None:
@@ -63,6 +64,15 @@ def test_unet_config_round_trip(options: dict) -> None:
     assert size == 16
     expected = UNetConfig(**{**config.to_dict(), "attention_head_dim": None})
     assert back == expected
+
+
+@pytest.mark.parametrize(("given", "read"), [(None, None), (512, None), (128, 128), (96, 96)])
+def test_time_embedding_dim_reads_as_time_embed_dim(given: int | None, read: int | None) -> None:
+    """diffusers' time_embedding_dim (None: 4 x block_out_channels[0]) is model.time_embed_dim,
+    left unset where it is the default width."""
+    config, _ = unet_from_diffusers({**_cifar_unet(), "time_embedding_dim": given}).value
+    assert config.time_embed_dim == read
+    assert config.time_dim == (read or 4 * 128)
 
 
 def test_missing_keys_take_unet2dmodel_defaults() -> None:

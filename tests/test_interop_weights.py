@@ -70,7 +70,7 @@ CASES = {
         {"variance": "fixed_large", "prediction": "v"},
         (16, 16),
     ),
-    "scale_shift-heads1-fixed_small-x0": (
+    "scale_shift-heads1-x0-time40": (
         {
             "in_channels": 1,
             "base_channels": 8,
@@ -78,6 +78,7 @@ CASES = {
             "attention": ["none", "full"],
             "attention_heads": 1,
             "norm_groups": 4,
+            "time_embed_dim": 40,  # not 4 x 8: diffusers' time_embedding_dim
         },
         {"variance": "fixed_small", "prediction": "x0", "schedule": "cosine"},
         (8, 16),
@@ -128,7 +129,7 @@ def test_default_time_frequencies_agree_to_float32_rounding(tmp_path: Path) -> N
 def test_exported_pipeline_samples(tmp_path: Path) -> None:
     make_run(
         tmp_path / "run",
-        CASES["scale_shift-heads1-fixed_small-x0"][0],
+        CASES["scale_shift-heads1-x0-time40"][0],
         {"num_steps": 20},
         data={"image_size": 8},
     )
@@ -137,7 +138,7 @@ def test_exported_pipeline_samples(tmp_path: Path) -> None:
 
 
 def test_model_weights_and_step_can_be_chosen(tmp_path: Path) -> None:
-    model = {**CASES["scale_shift-heads1-fixed_small-x0"][0], "time_frequencies": "diffusers"}
+    model = {**CASES["scale_shift-heads1-x0-time40"][0], "time_frequencies": "diffusers"}
     config, _ = make_run(tmp_path / "run", model)
     result = export_diffusers(tmp_path / "run", tmp_path / "pipe", weights="model", step=7)
     assert result.weights == "model"
@@ -253,7 +254,7 @@ def test_round_trip_without_ddpmkit_json_derives_an_equivalent_config(tmp_path: 
 
 
 def test_edited_ddpmkit_json_is_ignored(tmp_path: Path) -> None:
-    make_run(tmp_path / "run", CASES["scale_shift-heads1-fixed_small-x0"][0])
+    make_run(tmp_path / "run", CASES["scale_shift-heads1-x0-time40"][0])
     export_diffusers(tmp_path / "run", tmp_path / "pipe")
     config_path = tmp_path / "pipe" / "unet" / "config.json"
     edited = {**json.loads(config_path.read_text()), "norm_eps": 1e-6}
@@ -265,7 +266,7 @@ def test_edited_ddpmkit_json_is_ignored(tmp_path: Path) -> None:
 
 
 def test_mismatched_weights_are_one_line_errors(tmp_path: Path) -> None:
-    make_run(tmp_path / "run", CASES["scale_shift-heads1-fixed_small-x0"][0])
+    make_run(tmp_path / "run", CASES["scale_shift-heads1-x0-time40"][0])
     export_diffusers(tmp_path / "run", tmp_path / "pipe")
     path = tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors"
     tensors = load_file(path)

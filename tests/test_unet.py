@@ -261,6 +261,8 @@ BAD_MODEL_SETTINGS = [
     (dict(patch_size=0), "patch_size must be an integer >= 1"),
     (dict(patch_size=2.0), "patch_size must be an integer >= 1"),
     (dict(attention_heads=5), "set model.attention_head_dim"),
+    (dict(time_embed_dim=0), "time_embed_dim must be null or an integer >= 1"),
+    (dict(time_embed_dim=32.0), "time_embed_dim must be null or an integer >= 1"),
 ]
 
 
@@ -334,6 +336,31 @@ def test_cifar10_parameter_count_matches_ho_et_al() -> None:
 
 
 # --- time embedding ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_time_embed_dim_sets_the_embedding_every_block_reads(num_classes: int) -> None:
+    """Widening the time embedding by one adds, by Ho et al.'s layout (levels of 8 and 16
+    channels, one block per level down, two up, two in the middle; scale_shift projects to
+    2 x out channels): b + 1 (first linear) + 2E + 2 (the E x E linear) + 2 x Σ block outputs
+    (+ K + 1 for the class embedding) parameters."""
+    base = 8
+    config = dict(attention=("none", "full"), time_conditioning="scale_shift")
+    config["num_classes"] = num_classes
+    block_outputs = (1 + 2) * 8 + (1 + 2) * 16 + 2 * 16
+    for width in (20, 32, 57):
+        narrow = UNet(small_config(**config, time_embed_dim=width))
+        wide = UNet(small_config(**config, time_embed_dim=width + 1))
+        expected = base + 1 + 2 * width + 2 + 2 * block_outputs
+        expected += num_classes + 1 if num_classes else 0
+        assert wide.num_parameters() - narrow.num_parameters() == expected
+    assert small_config().time_embed_dim is None and small_config().time_dim == 4 * base
+    default = UNet(small_config(**config))
+    same = UNet(small_config(**config, time_embed_dim=4 * base))
+    assert default.num_parameters() == same.num_parameters()
+    x = torch.randn(2, 1, 8, 8)
+    same.load_state_dict(default.state_dict())
+    assert torch.equal(same(x, torch.tensor([1, 900])), default(x, torch.tensor([1, 900])))
 
 
 def test_time_embedding_closed_form() -> None:

@@ -1,5 +1,7 @@
-"""How training draws t: uniformly, or by importance sampling on the loss (Nichol & Dhariwal
-2021, §3.3, eq. 17): p_t ∝ √E[L_t²], with weights 1/(T·p_t) that keep the loss unbiased."""
+"""How training draws t: uniformly, stratified over the batch (one draw per 1/B of the range; Kingma
+et al. 2021's variational diffusion models use the related low-discrepancy draw, one random offset
+shared by the batch), or by importance sampling on the loss (Nichol & Dhariwal 2021, §3.3,
+eq. 17): p_t ∝ √E[L_t²], with weights 1/(T·p_t) that keep the loss unbiased."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ def uniform_timesteps(
 class UniformSampler:
     """t ~ Uniform{0, …, T−1}, weight 1."""
 
+    learns = False  # whether :meth:`update` uses the losses (the trainer gathers them if so)
+
     def __init__(self, num_steps: int) -> None:
         self.num_steps = num_steps
 
@@ -46,9 +50,27 @@ class UniformSampler:
         """Record per-example losses at their t (uniform sampling ignores them)."""
 
 
+class StratifiedSampler(UniformSampler):
+    """Stratified (jittered) draws: example i of a batch of B draws t_i uniformly from the i-th of
+    B equal strata of [0, T), t_i = ⌊(i·T + r_i)/B⌋ with r_i ~ Uniform{0, …, T−1} (integers only,
+    so each cell gets exactly its overlap with the stratum). Every t keeps probability 1/T on
+    average over the batch, so the batch loss keeps its expectation (weights 1) and loses the
+    variance of how many examples land at high or low noise."""
+
+    def sample(
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        r = torch.randint(0, self.num_steps, (batch,), generator=generator, device=gen_device)
+        t = (torch.arange(batch, device=gen_device) * self.num_steps + r) // batch
+        return t.to(device), torch.ones(batch, device=device, dtype=torch.float32)
+
+
 class LossSecondMomentSampler(UniformSampler):
     """p_t ∝ √E[L_t²] over the last ``history`` losses seen at each t, mixed with ``uniform_mass``
     of the uniform distribution; uniform until every t has a full history (the warm-up)."""
+
+    learns = True
 
     def __init__(self, num_steps: int, history: int = 10, uniform_mass: float = 0.001) -> None:
         super().__init__(num_steps)
@@ -110,6 +132,8 @@ class LogNormalSigmaSampler(UniformSampler):
 def make_timestep_sampler(name: str, num_steps: int) -> UniformSampler:
     if name == "uniform":
         return UniformSampler(num_steps)
+    if name == "stratified":
+        return StratifiedSampler(num_steps)
     if name == "loss_second_moment":
         return LossSecondMomentSampler(num_steps)
     check_choice("timestep sampler", name, TIMESTEP_SAMPLERS)

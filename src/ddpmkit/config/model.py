@@ -53,6 +53,7 @@ class UNetConfig:
     time_frequencies: str = "ddpmkit"  # float32 rounding of those: "ddpmkit" or "diffusers"
     checkpointing: bool = False  # recompute each layer in backward instead of keeping activations
     patch_size: int = 1  # > 1: the network runs on p x p patches as channels (space-to-depth)
+    time_embed_dim: int | None = None  # the time (and class) embedding's width; None: 4 x base
 
     def __post_init__(self) -> None:
         for name in ("channel_mults", "attention"):
@@ -73,6 +74,12 @@ class UNetConfig:
     def out_channels(self) -> int:
         """``in_channels``, doubled when the model also predicts the variance interpolation v."""
         return 2 * self.in_channels if self.learned_variance else self.in_channels
+
+    @property
+    def time_dim(self) -> int:
+        """The width of the time embedding that every block reads: ``time_embed_dim``, or
+        4 × ``base_channels`` (Ho et al.'s network, and diffusers' default) when unset."""
+        return 4 * self.base_channels if self.time_embed_dim is None else self.time_embed_dim
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -132,6 +139,11 @@ class UNetConfig:
                     f"unknown attention {kind!r} in model.attention/model.mid_attention; "
                     f"expected one of {', '.join(ATTENTION_KINDS)}"
                 )
+        time_dim = self.time_embed_dim
+        if time_dim is not None and (not _is_int(time_dim) or time_dim < 1):
+            raise ConfigError(
+                f"model.time_embed_dim must be null or an integer >= 1, got {time_dim!r}"
+            )
         head_dim = self.attention_head_dim
         if head_dim is not None and (not _is_int(head_dim) or head_dim < 1):
             raise ConfigError(

@@ -30,7 +30,7 @@ from ddpmkit.errors import ConfigError
 _T = TypeVar("_T")
 
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
-TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
+TIMESTEP_SAMPLERS = ("uniform", "stratified", "loss_second_moment")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adamw", "muon")
 AMP_DTYPES = ("auto", "bf16", "fp16")
@@ -60,7 +60,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split among them)
-    timestep_sampler: str = "uniform"  # or "loss_second_moment" (importance sampling of t)
+    timestep_sampler: str = "uniform"  # "stratified": one t per 1/B of [0, T); "loss_second_moment"
     ema_decay: float = 0.99
     ema_warmup: bool = True  # decay_k = min(decay, (1 + k)/(10 + k)) so early averages forget fast
     ema: str = "exponential"  # or "power": Karras et al. (2024)'s power-function profile

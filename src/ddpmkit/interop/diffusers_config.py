@@ -194,8 +194,8 @@ def unet_to_diffusers(cfg: UNetConfig, sample_size: int) -> dict[str, Any]:
         )
     if cfg.channel_mults[0] != 1:
         raise InteropError(
-            f"{where}: model.channel_mults starts with {cfg.channel_mults[0]}, not 1 (its time "
-            "embedding is sized from the first level's channels, ddpmkit's from base_channels)"
+            f"{where}: model.channel_mults starts with {cfg.channel_mults[0]}, not 1 (its "
+            "sinusoidal time features are as wide as the first level, ddpmkit's as base_channels)"
         )
     head_dims: dict[int, list[str]] = {}
     for name, ch in _attention_sites(cfg):
@@ -224,7 +224,7 @@ def unet_to_diffusers(cfg: UNetConfig, sample_size: int) -> dict[str, Any]:
         "out_channels": cfg.out_channels,
         "center_input_sample": False,
         "time_embedding_type": "positional",
-        "time_embedding_dim": None,
+        "time_embedding_dim": cfg.time_embed_dim,
         "freq_shift": cfg.time_freq_shift,
         "flip_sin_to_cos": cfg.time_flip_sin_to_cos,
         "down_block_types": down,
@@ -329,8 +329,8 @@ def unet_from_diffusers(d: Mapping[str, Any]) -> Converted:
             f"{where}: block_out_channels={channels} are not multiples of the first level's "
             f"{base} (ddpmkit's levels are base_channels x channel_mults)"
         )
-    if c["time_embedding_dim"] not in (None, 4 * base):
-        raise refuse("time_embedding_dim", f"ddpmkit's is 4 x {base} = {4 * base}")
+    time_dim = c["time_embedding_dim"]
+    time_dim = None if time_dim in (None, 4 * base) else _int(time_dim, "time_embedding_dim")
     freq_shift = c["freq_shift"]
     if freq_shift not in (0, 1):
         raise refuse("freq_shift", "ddpmkit supports 0 and 1")
@@ -412,6 +412,7 @@ def unet_from_diffusers(d: Mapping[str, Any]) -> Converted:
             time_flip_sin_to_cos=bool(c["flip_sin_to_cos"]),
             time_freq_shift=int(freq_shift),
             time_frequencies="diffusers",
+            time_embed_dim=time_dim,
         )
     except (DdpmkitError, TypeError, ValueError) as err:
         raise InteropError(f"{where}: {' '.join(str(err).split())}") from None

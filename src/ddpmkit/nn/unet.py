@@ -78,7 +78,7 @@ class UNet(nn.Module):
         config = UNetConfig() if config is None else dataclasses.replace(config)
         self.config = config
         base = config.base_channels
-        time_dim = 4 * base
+        time_dim = config.time_dim
         self.time_features = SinusoidalTimeEmbedding(
             base,
             flip_sin_to_cos=config.time_flip_sin_to_cos,

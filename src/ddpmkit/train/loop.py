@@ -235,7 +235,8 @@ class Trainer:
         else:
             state.optimizer.step()
         update_ema(state.ema, state.model, decay_at(state.step, tc))
-        if state.timestep_sampler is not None:  # every process's (t, loss): all ranks agree
+        # a sampler that learns from the losses sees every process's (t, loss): all ranks agree
+        if state.timestep_sampler is not None and state.timestep_sampler.learns:
             state.timestep_sampler.update(self.processes.gather(t), self.processes.gather(losses))
         state.updated()
         self._log.updated(loss, loss_and_norm, t, losses)
