@@ -9,9 +9,9 @@ import torch
 
 from conftest import tiny_overrides
 from ddpmkit.batch_draws import draw_batch, global_rows
-from ddpmkit.config import resolve_config
+from ddpmkit.config import TIMESTEP_SAMPLERS, resolve_config
 from ddpmkit.errors import ConfigError
-from ddpmkit.timesteps import StratifiedSampler, make_timestep_sampler
+from ddpmkit.timesteps import SAMPLERS, StratifiedSampler, make_timestep_sampler
 from ddpmkit.train import Trainer
 
 
@@ -120,3 +120,9 @@ def test_a_run_trains_with_stratified_t_and_edm_refuses_it(shapes_npz, tmp_path)
             [*overrides, "diffusion.process=edm", "diffusion.schedule=linear",
              "diffusion.prediction=eps", "diffusion.loss_weight=none"],
         )  # fmt: skip
+
+
+def test_every_configurable_sampler_has_a_class_and_no_class_is_unreachable():
+    assert set(SAMPLERS) == set(TIMESTEP_SAMPLERS)
+    for name in TIMESTEP_SAMPLERS:
+        assert type(make_timestep_sampler(name, 10)) is SAMPLERS[name]

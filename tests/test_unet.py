@@ -345,8 +345,9 @@ def test_time_embed_dim_sets_the_embedding_every_block_reads(num_classes: int) -
     2 x out channels): b + 1 (first linear) + 2E + 2 (the E x E linear) + 2 x Σ block outputs
     (+ K + 1 for the class embedding) parameters."""
     base = 8
-    config = dict(attention=("none", "full"), time_conditioning="scale_shift")
-    config["num_classes"] = num_classes
+    config = dict(
+        attention=("none", "full"), time_conditioning="scale_shift", num_classes=num_classes
+    )
     block_outputs = (1 + 2) * 8 + (1 + 2) * 16 + 2 * 16
     for width in (20, 32, 57):
         narrow = UNet(small_config(**config, time_embed_dim=width))

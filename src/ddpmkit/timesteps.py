@@ -129,12 +129,14 @@ class LogNormalSigmaSampler(UniformSampler):
         return t, torch.ones(batch, device=device, dtype=torch.float32)
 
 
+SAMPLERS: dict[str, type[UniformSampler]] = {
+    "uniform": UniformSampler,
+    "stratified": StratifiedSampler,
+    "loss_second_moment": LossSecondMomentSampler,
+}
+"""``train.timestep_sampler`` name → sampler class (EDM's log-normal σ is its process's own)."""
+
+
 def make_timestep_sampler(name: str, num_steps: int) -> UniformSampler:
-    if name == "uniform":
-        return UniformSampler(num_steps)
-    if name == "stratified":
-        return StratifiedSampler(num_steps)
-    if name == "loss_second_moment":
-        return LossSecondMomentSampler(num_steps)
     check_choice("timestep sampler", name, TIMESTEP_SAMPLERS)
-    raise AssertionError(f"TIMESTEP_SAMPLERS names '{name}', which has no sampler here")
+    return SAMPLERS[name](num_steps)
