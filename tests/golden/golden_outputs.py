@@ -8,6 +8,12 @@ nll.json, an eval.json or an exported diffusers folder fails that test. A delibe
 (a documented bug fix) regenerates only the affected entries and says so in its commit.
 
 Everything runs on the CPU with one thread, on tiny random-weight U-Nets (8×8 images, T = 50).
+
+Bit-for-bit holds on one kind of CPU only: MKL and oneDNN pick their kernels by vendor and
+instruction set, and another kernel rounds differently (an AMD EPYC without AMX differs from the
+reference Xeon in the last bits of 102 of the 124 tensors, by at most 4e-5 of their scale). So the
+files are kept per host kind (``host_key()``): the reference ones above, written on the Xeon, and
+``hosts/<key>/`` for each other kind, written by this script on that host from the same commit.
 """
 
 from __future__ import annotations
@@ -23,6 +29,40 @@ import torch
 HERE = Path(__file__).resolve().parent
 TENSORS = HERE / "golden.safetensors"
 FILES = HERE / "golden.json"
+REFERENCE_HOST = "GenuineIntel-avx2-avx512f-avx512_bf16-amx_tile-torch2.13.0+cpu"
+"""The host kind of TENSORS and FILES: the 2-core Xeon (family 6, model 207) of commit 44e16a6."""
+HOST_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+"""The CPU flags by which MKL and oneDNN choose their float kernels."""
+
+
+def host_key() -> str:
+    """The CPU vendor, the kernel-choosing flags it has and the torch version, e.g.
+    ``AuthenticAMD-avx2-avx512f-avx512_bf16-torch2.13.0+cpu``."""
+    vendor, flags = "unknown", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "vendor_id":
+            vendor = value.strip()
+        elif name.strip() == "flags":
+            flags = set(value.split())
+            break
+    present = [flag for flag in HOST_FLAGS if flag in flags]
+    return "-".join([vendor, *present, f"torch{torch.__version__}"])
+
+
+def golden_paths(key: str) -> tuple[Path, Path] | None:
+    """(tensors, run files) written on host kind ``key``; None when none were."""
+    if key == REFERENCE_HOST:
+        return TENSORS, FILES
+    folder = HERE / "hosts" / key
+    if not (folder / "golden.safetensors").exists():
+        return None
+    return folder / "golden.safetensors", folder / "golden.json"
+
 
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
@@ -386,11 +426,17 @@ def main() -> None:
 
     from safetensors.torch import save_file
 
-    save_file(library_outputs(), str(TENSORS))
+    key = host_key()
+    tensors, files_path = golden_paths(key) or (
+        HERE / "hosts" / key / "golden.safetensors",
+        HERE / "hosts" / key / "golden.json",
+    )
+    tensors.parent.mkdir(parents=True, exist_ok=True)
+    save_file(library_outputs(), str(tensors))
     with tempfile.TemporaryDirectory() as work:
         files = run_outputs(Path(work))
-    FILES.write_text(json.dumps(files, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {TENSORS} and {FILES}")
+    files_path.write_text(json.dumps(files, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"wrote {tensors} and {files_path} (host kind {key})")
 
 
 if __name__ == "__main__":
