@@ -353,7 +353,8 @@ def test_fashion_mnist_cpu_config_is_the_default_recipe_on_a_time_budget():
     28×28 with a 10-minute budget (BENCHMARKS.md): it keeps the batch of 64 that the digits
     default doubled after that measurement, widens the 7×7 level to 64 channels, trains with
     Muon at lr 4e-3, and, as one stack, drops attention, shifts the schedule to SNR × 4, draws
-    t stratified and lowers Muon's momentum to 0.9 (each a 3-seed win at 10 minutes)."""
+    t stratified and lowers Muon's momentum to 0.9, then weights the loss by min-SNR-5 instead
+    of P2 (each a 3-seed win at 10 minutes)."""
     import dataclasses
     from pathlib import Path
 
@@ -362,7 +363,10 @@ def test_fashion_mnist_cpu_config_is_the_default_recipe_on_a_time_budget():
     default = RunConfig()
     assert (config.data.source, config.data.image_size) == ("fashion-mnist", 28)
     assert config.model == dataclasses.replace(default.model, channel_mults=(1, 2, 4))
-    assert config.diffusion == dataclasses.replace(default.diffusion, schedule_shift=2.0)
+    assert config.diffusion == dataclasses.replace(
+        default.diffusion, schedule_shift=2.0, loss_weight="min_snr"
+    )
+    assert default.diffusion.loss_weight == "p2"  # the digits default keeps P2
     changed = _train_keys_off_the_default(config)
     assert changed == {
         "steps",
