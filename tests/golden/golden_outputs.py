@@ -54,14 +54,18 @@ def host_key() -> str:
     return "-".join([vendor, *present, f"torch{torch.__version__}"])
 
 
-def golden_paths(key: str) -> tuple[Path, Path] | None:
-    """(tensors, run files) written on host kind ``key``; None when none were."""
+def host_paths(key: str) -> tuple[Path, Path]:
+    """Where the (tensors, run files) of host kind ``key`` live, written or not."""
     if key == REFERENCE_HOST:
         return TENSORS, FILES
     folder = HERE / "hosts" / key
-    if not (folder / "golden.safetensors").exists():
-        return None
     return folder / "golden.safetensors", folder / "golden.json"
+
+
+def golden_paths(key: str) -> tuple[Path, Path] | None:
+    """(tensors, run files) written on host kind ``key``; None when none were."""
+    paths = host_paths(key)
+    return paths if paths[0].exists() else None
 
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -427,10 +431,7 @@ def main() -> None:
     from safetensors.torch import save_file
 
     key = host_key()
-    tensors, files_path = golden_paths(key) or (
-        HERE / "hosts" / key / "golden.safetensors",
-        HERE / "hosts" / key / "golden.json",
-    )
+    tensors, files_path = host_paths(key)
     tensors.parent.mkdir(parents=True, exist_ok=True)
     save_file(library_outputs(), str(tensors))
     with tempfile.TemporaryDirectory() as work:
